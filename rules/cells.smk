@@ -1,0 +1,22 @@
+rule cells:
+    """Photos -> 5 m training buckets and 30 m test cells; every test cell of the region."""
+    input:
+        photos="results/photos/{region}/metadata.parquet",
+        boundary="resources/regions/{region}.geojson",
+    output:
+        photo_cells="results/cells/{region}/photo_cells.parquet",
+        cells=f"results/cells/{{region}}/cells_{TEST_CELL_TAG}m.parquet",
+        summary="results/cells/{region}/summary.json",
+    params:
+        layout=layout_args(),
+    log:
+        "logs/cells/{region}.log",
+    benchmark:
+        "benchmarks/cells/{region}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "python -m vglpipe.cells --photos {input.photos:q} --boundary {input.boundary:q} "
+        "{params.layout} --out-photo-cells {output.photo_cells:q} --out-cells {output.cells:q} "
+        "--out-summary {output.summary:q} 2> {log:q}"

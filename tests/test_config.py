@@ -1,0 +1,82 @@
+"""Config validation: wrong keys and types fail at start, naming the key; defaults fill in."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import REPO, run_snakemake
+from vglpipe.config import load_config, load_schema, validate_config
+from vglpipe.errors import ConfigError
+
+
+def test_shipped_config_is_valid_and_complete():
+    config = load_config(REPO / "workflow_config.yaml")
+    assert config["layout"]["test_cell_m"] == 30.0
+    assert config["layout"]["train_cell_m"] == 5.0
+    assert set(config["regions"]) == {"demo-train", "demo-test"}
+
+
+def test_empty_config_gets_every_default():
+    config = validate_config({})
+    assert config["layout"] == {
+        "kind": "consistent",
+        "earth_radius_m": 6378137.0,
+        "train_cell_m": 5.0,
+        "test_cell_m": 30.0,
+        "mercator_reference_lat": 0.0,
+    }
+    assert config["regions"]["demo-test"]["role"] == "test"
+
+
+def test_every_schema_key_has_description_and_default():
+    def walk(schema, path):
+        for key, sub in schema.get("properties", {}).items():
+            assert "description" in sub, f"{path}{key} has no description"
+            assert "default" in sub, f"{path}{key} has no default"
+            walk(sub, f"{path}{key}.")
+
+    walk(load_schema(), "")
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"unknown key layout\.cel_size"):
+        validate_config({"layout": {"cel_size": 30}})
+
+
+def test_unknown_top_level_key_is_named():
+    with pytest.raises(ConfigError, match=r"unknown key regionz"):
+        validate_config({"regionz": {}})
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"layout\.test_cell_m: 'thirty' is not of type 'number'"):
+        validate_config({"layout": {"test_cell_m": "thirty"}})
+
+
+def test_region_role_default_and_bad_region_key():
+    config = validate_config({"regions": {"ma": {"boundary": "ma.geojson"}}})
+    assert config["regions"]["ma"]["role"] == "test"
+    with pytest.raises(ConfigError, match=r"unknown key regions\.ma\.boundry"):
+        validate_config({"regions": {"ma": {"boundry": "ma.geojson"}}})
+
+
+def test_region_name_must_be_path_safe():
+    with pytest.raises(ConfigError, match=r"regions: '\.\./etc' does not match"):
+        validate_config({"regions": {"../etc": {"boundary": "x.geojson"}}})
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "cfg.yaml"
+    bad.write_text("layout: [unclosed\n")
+    with pytest.raises(ConfigError, match="cfg.yaml: not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.workflow
+def test_snakemake_refuses_bad_config_at_start(workflow_dir):
+    (workflow_dir / "bad.yaml").write_text(yaml.safe_dump({"layout": {"tets_cell_m": 30}}))
+    proc = run_snakemake(workflow_dir, "--configfile", "bad.yaml", "-n", check=False)
+    assert proc.returncode != 0
+    assert "unknown key layout.tets_cell_m" in proc.stderr + proc.stdout
+    assert not (workflow_dir / "results").exists()

@@ -1,0 +1,60 @@
+"""Region boundaries from GeoJSON: what is accepted, and clear errors naming the file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from shapely.geometry import Polygon, mapping
+
+from vglpipe.errors import RegionError
+from vglpipe.geo.region import load_boundary, resolve_boundary, write_boundary
+from vglpipe.sources.demo import DEMO_REGIONS
+
+SQUARE = Polygon([(-71.1, 42.3), (-71.0, 42.3), (-71.0, 42.4), (-71.1, 42.4)])
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda g: g,
+        lambda g: {"type": "Feature", "properties": {}, "geometry": g},
+        lambda g: {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": g}]},
+    ],
+)
+def test_geometry_feature_and_collection_are_accepted(tmp_path, wrap):
+    path = tmp_path / "r.geojson"
+    path.write_text(json.dumps(wrap(mapping(SQUARE))))
+    assert load_boundary(path).equals(SQUARE)
+
+
+def test_round_trip_keeps_holes_and_parts(tmp_path):
+    for region in DEMO_REGIONS.values():
+        geom = region.boundary()
+        assert len(geom.interiors) == 1
+        write_boundary(geom, tmp_path / f"{region.name}.geojson", region.name)
+        assert load_boundary(tmp_path / f"{region.name}.geojson").equals(geom)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "region boundary file not found"),
+        ("{not json", "not a readable GeoJSON file"),
+        (json.dumps({"type": "Point", "coordinates": [0, 0]}), "expected Polygon/MultiPolygon"),
+        (json.dumps({"type": "FeatureCollection", "features": []}), "no polygon"),
+        (json.dumps(mapping(Polygon([(500000, 4600000), (500100, 4600000), (500100, 4600100)]))), "out of lon/lat range"),
+    ],
+)
+def test_bad_boundaries_name_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.geojson"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(RegionError, match=message) as info:
+        load_boundary(path)
+    assert "bad.geojson" in str(info.value)
+
+
+def test_unknown_builtin_region():
+    with pytest.raises(RegionError, match="unknown built-in region 'atlantis'"):
+        resolve_boundary("builtin:atlantis")

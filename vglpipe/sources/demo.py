@@ -1,0 +1,132 @@
+"""The built-in demo world: two small regions near Boston, one to train on, one to test on.
+
+As the paper trains on other states and tests on Massachusetts, the demo trains on
+``demo-train`` and tests on ``demo-test``; each is a synthetic world drawn from its own
+seed (see ``vglpipe.sources.synthetic``). Boundaries are non-convex and have a hole
+(a pond), so the same polygon code paths run as for a real state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+from shapely.geometry import Polygon
+
+from vglpipe.errors import RegionError
+from vglpipe.geo.sphere import EARTH_RADIUS_M
+
+
+@dataclass(frozen=True)
+class DemoRegion:
+    name: str
+    seed: int
+    center_lat: float
+    center_lon: float
+    size_m: float  # side of the square that bounds the region polygon
+
+    def boundary(self) -> Polygon:
+        """A non-convex polygon with a hole, inside the ``size_m`` square around the centre."""
+        h = self.size_m / 2
+        # local metres east/north -> an "E"-less notched square with a pond
+        outer = [(-h, -h), (h, -h), (h, 0.2 * h), (0.3 * h, 0.2 * h), (0.3 * h, h), (-h, h)]
+        t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        pond = [(-0.4 * h + 0.15 * h * np.cos(a), -0.4 * h + 0.1 * h * np.sin(a)) for a in t]
+        return Polygon(self._to_lonlat(outer), [self._to_lonlat(pond)])
+
+    def _to_lonlat(self, pts):
+        lat0 = np.radians(self.center_lat)
+        out = []
+        for e, n in pts:
+            lat = self.center_lat + np.degrees(n / EARTH_RADIUS_M)
+            lon = self.center_lon + np.degrees(e / (EARTH_RADIUS_M * np.cos(lat0)))
+            out.append((float(lon), float(lat)))
+        return out
+
+
+DEMO_REGIONS: dict[str, DemoRegion] = {
+    r.name: r
+    for r in (
+        DemoRegion("demo-train", seed=1, center_lat=42.4500, center_lon=-71.2300, size_m=800.0),
+        DemoRegion("demo-test", seed=2, center_lat=42.3600, center_lon=-71.0600, size_m=800.0),
+    )
+}
+
+
+def demo_region(name: str) -> DemoRegion:
+    try:
+        return DEMO_REGIONS[name]
+    except KeyError:
+        raise RegionError(
+            f"unknown built-in region {name!r} (built-in: {', '.join(DEMO_REGIONS)})"
+        ) from None
+
+
+def photo_positions(
+    region: DemoRegion, n: int, seed: int, outside_fraction: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random photo positions (lat, lon), mostly inside the region, some outside it."""
+    rng = np.random.default_rng(seed)
+    poly = region.boundary()
+    minx, miny, maxx, maxy = poly.bounds
+    dx, dy = (maxx - minx) * 0.1, (maxy - miny) * 0.1
+    lon = rng.uniform(minx - dx, maxx + dx, n * 3)
+    lat = rng.uniform(miny - dy, maxy + dy, n * 3)
+    inside = shapely.contains_xy(poly, lon, lat)
+    n_out = int(round(n * outside_fraction))
+    idx = np.concatenate([np.flatnonzero(inside)[: n - n_out], np.flatnonzero(~inside)[:n_out]])
+    rng.shuffle(idx)
+    return lat[idx], lon[idx]
+
+
+def write_photo_positions(region_name: str, n: int, seed: int, out) -> int:
+    """Provisional photo metadata (image_id, lat, lon, captured_at) until the crawl stage exists."""
+    import pyarrow as pa
+
+    from vglpipe.store.tables import write_table
+
+    region = demo_region(region_name)
+    lat, lon = photo_positions(region, n, seed=seed + region.seed)
+    rng = np.random.default_rng(seed + 1000 * region.seed)
+    ids = rng.choice(np.arange(10**14, 10**14 + 100 * n), size=lat.size, replace=False)
+    t0 = np.datetime64("2014-01-01T00:00:00", "ms").astype(np.int64)
+    t1 = np.datetime64("2024-12-31T23:59:59", "ms").astype(np.int64)
+    captured = rng.integers(t0, t1, lat.size)
+    table = pa.table(
+        {
+            "image_id": pa.array(ids, pa.int64()),
+            "lat": pa.array(lat, pa.float64()),
+            "lon": pa.array(lon, pa.float64()),
+            "captured_at": pa.array(captured, pa.timestamp("ms", tz="UTC")),
+        }
+    )
+    write_table(table, out, metadata={"source": "demo-positions", "region": region_name, "seed": seed})
+    return table.num_rows
+
+
+def main(args) -> None:
+    n = write_photo_positions(args.region, args.n, args.seed, args.out)
+    import logging
+
+    logging.getLogger("vglpipe.demo").info("%d demo photo positions for %s -> %s", n, args.region, args.out)
+
+
+def parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m vglpipe.sources.demo",
+                                description="Write provisional demo photo positions.")
+    p.add_argument("--region", required=True)
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    return p
+
+
+if __name__ == "__main__":
+    import sys
+
+    from vglpipe import cli
+
+    sys.exit(cli.run(parser(), main))
