@@ -14,7 +14,7 @@ rule cells:
     benchmark:
         "benchmarks/cells/{region}.tsv"
     resources:
-        mem_mb=8000,
+        mem_mb=4000,
         runtime=30,
     shell:
         "python -m vglpipe.cells --photos {input.photos:q} --boundary {input.boundary:q} "

@@ -42,8 +42,10 @@ def workflow_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "--profile", "profiles/local", *args]
+def run_snakemake(
+    workdir: Path, *args: str, check: bool = True, profile: str = "profiles/local"
+) -> subprocess.CompletedProcess:
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--profile", profile, *args]
     proc = subprocess.run(cmd, cwd=workdir, env=tool_env(), capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
