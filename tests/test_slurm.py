@@ -8,7 +8,10 @@ import subprocess
 
 import pytest
 
+import yaml
+
 from conftest import run_snakemake
+from test_cells_stage import TOWN_TARGETS, write_inputs
 
 
 def slurm_up() -> bool:
@@ -23,12 +26,14 @@ def slurm_up() -> bool:
 def test_cells_stage_on_slurm(workflow_dir):
     if not slurm_up():
         pytest.skip("no SLURM cluster answering sinfo (.ci/run starts one with ../shared/slurm/start-local-slurm.sh)")
-    run = run_snakemake(workflow_dir, profile="profiles/slurm")
+    write_inputs(workflow_dir)
+    (workflow_dir / "town.yaml").write_text(yaml.safe_dump({"regions": {"town": {"boundary": "town.geojson"}}}))
+    run = run_snakemake(workflow_dir, *TOWN_TARGETS, "--configfile", "town.yaml", profile="profiles/slurm")
     out = run.stdout + run.stderr
     assert "submitted with SLURM jobid" in out
-    assert (workflow_dir / "results/cells/demo-test/cells_30m.parquet").exists()
+    assert (workflow_dir / "results/cells/town/cells_30m.parquet").exists()
     job_ids = sorted(set(re.findall(r"submitted with SLURM jobid (\d+)", out)))
-    assert len(job_ids) == 6  # region_boundary, demo_photo_positions, cells for both demo regions
+    assert len(job_ids) == 1  # the cells job (boundary and photos were there already)
     acct = subprocess.run(
         ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
         capture_output=True, text=True, timeout=60,
