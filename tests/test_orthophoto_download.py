@@ -20,6 +20,7 @@ from vglpipe.aerial.sampler import AerialSampler
 from vglpipe.errors import ConfigError, SourceError
 from vglpipe.sources.fakes.orthophoto_server import FakeOrthophotoServer, Faults, ServerConfig
 from vglpipe.sources.orthophoto import (
+    read_tile_index,
     BLANK_SUFFIX, MISSING_SUFFIX, SourceConfig, area_polygon, download, downloaded_rasters, plan_wms,
 )
 from vglpipe.sources.synthetic import make_world, write_world
@@ -254,3 +255,24 @@ def test_server_gone_fails_with_clear_error(area, tmp_path):
                        backoff_s=0.01, timeout_s=1.0)
     with pytest.raises(SourceError, match="127.0.0.1:9"):
         download(cfg, area, tmp_path / "dl", progress=False)
+
+
+def test_bulk_index_as_zipped_shapefile_in_utm_gives_the_same_tiles(world, area, tmp_path):
+    """MassGIS ships its tile index as a shapefile in UTM: same plan and bytes as the GeoJSON index."""
+    scfg = ServerConfig(bulk_tile_m=150.0, bulk_format="tif")
+    with FakeOrthophotoServer(world, scfg) as srv:
+        by_geojson = download(SourceConfig(protocol="bulk", url=srv.url + "/bulk/index.geojson", timeout_s=20.0),
+                              area, tmp_path / "a", progress=False)
+        by_shapefile = download(SourceConfig(protocol="bulk", url=srv.url + "/bulk/index.zip", timeout_s=20.0),
+                                area, tmp_path / "b", progress=False)
+    a = {p.name: p.read_bytes() for p in downloaded_rasters(tmp_path / "a")}
+    b = {p.name: p.read_bytes() for p in downloaded_rasters(tmp_path / "b")}
+    assert by_shapefile.planned == by_geojson.planned > 0
+    assert a and a == b
+
+
+def test_unusable_tile_index_is_a_clear_error():
+    with pytest.raises(SourceError, match="idx.zip: zipped tile index does not open"):
+        read_tile_index(b"PK\x03\x04garbage", "idx.zip")
+    with pytest.raises(SourceError, match="idx: tile index is neither GeoJSON nor a zipped shapefile"):
+        read_tile_index(b"<html>", "idx")

@@ -7,9 +7,10 @@
 * ``xyz``  — XYZ / WMTS-style tile caches (e.g. MassGIS orthos2021 ArcGIS cache
   ``.../tile/{z}/{y}/{x}``): Web Mercator tiles of ``tile_px`` at zoom ``zoom``.
 * ``bulk`` — bulk tile archives described by a tile index (e.g. MassGIS 2021: 1500 m
-  JPEG 2000 tiles in UTM 18N/19N with an index listing TILENAME and URL). The index is a
-  GeoJSON FeatureCollection (lon/lat footprints, properties ``TILENAME``, ``URL``); a
-  provider's shapefile index is converted to GeoJSON once (not done here).
+  JPEG 2000 tiles in UTM 18N/19N with an index listing TILENAME and URL). The index is
+  either a GeoJSON FeatureCollection (lon/lat footprints) or a zipped ESRI shapefile in any
+  CRS (as MassGIS ships it; read with pyogrio and reprojected to lon/lat), with the
+  attributes ``TILENAME`` and ``URL``.
 
 The state/provider is described in config (:class:`SourceConfig`), not in code.
 
@@ -46,7 +47,6 @@ import rasterio
 import shapely
 from rasterio.io import MemoryFile
 from shapely.geometry import shape
-from shapely.ops import transform as shp_transform
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from tqdm import tqdm
 
@@ -143,20 +143,25 @@ class _NotFound(Exception):
 # ----------------------------------------------------------------------------- planning
 
 
+def _reproject(transformer: pyproj.Transformer, geom):
+    """``geom`` with every coordinate passed through ``transformer`` (always_xy order)."""
+    return shapely.transform(geom, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
+
+
 def area_polygon(boundary_lonlat, margin_m: float):
     """The region boundary (lon/lat) grown by ``margin_m`` metres (its convex hull, then buffered)."""
     c = boundary_lonlat.centroid
     aeqd = pyproj.Transformer.from_crs(
         "EPSG:4326", f"+proj=aeqd +lat_0={c.y} +lon_0={c.x} +ellps=WGS84 +units=m", always_xy=True
     )
-    local = shp_transform(aeqd.transform, boundary_lonlat.convex_hull).buffer(margin_m, join_style="mitre")
+    local = _reproject(aeqd, boundary_lonlat.convex_hull).buffer(margin_m, join_style="mitre")
     back = pyproj.Transformer.from_crs(aeqd.target_crs, "EPSG:4326", always_xy=True)
-    return shp_transform(back.transform, local.segmentize(20.0))
+    return _reproject(back, local.segmentize(20.0))
 
 
 def _to_crs(geom_lonlat, crs: str):
     tr = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-    return shp_transform(tr.transform, geom_lonlat.segmentize(0.001))
+    return _reproject(tr, geom_lonlat.segmentize(0.001))
 
 
 def plan_wms(cfg: SourceConfig, area_lonlat) -> list[Job]:
@@ -262,9 +267,10 @@ async def _download(cfg: SourceConfig, area_lonlat, out_dir: Path, progress: boo
             # the (small) tile index is fetched on every run: tiles already on disk are not
             # fetched again, but their URLs may have moved
             index_path = out_dir / "tile_index.geojson"
-            body = await _fetch(session, cfg, cfg.url, rep, validate=_validate_json)
-            atomic_write_text(index_path, body.decode("utf-8"))
-            jobs = plan_bulk(json.loads(body), area_lonlat, cfg.url)
+            body = await _fetch(session, cfg, cfg.url, rep, validate=_validate_index)
+            index = read_tile_index(body, cfg.url)
+            atomic_write_text(index_path, json.dumps(index))
+            jobs = plan_bulk(index, area_lonlat, cfg.url)
         rep.planned = len(jobs)
         todo = [j for j in jobs if not _done(out_dir, j)]
         rep.skipped_existing = len(jobs) - len(todo)
@@ -381,11 +387,46 @@ def _write_chip(target: Path, rgb, alpha, job: Job, acquired: str):
                 dst.update_tags(ACQUISITION_DATE=acquired)
 
 
-def _validate_json(body: bytes, ctype: str):
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def read_tile_index(body: bytes, where: str) -> dict:
+    """A bulk tile index as a lon/lat GeoJSON FeatureCollection.
+
+    ``body`` is GeoJSON, or a zipped ESRI shapefile (any CRS, attributes TILENAME and URL).
+    """
+    if not body.startswith(ZIP_MAGIC):
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise SourceError(f"{where}: tile index is neither GeoJSON nor a zipped shapefile: {exc}") from exc
+    import io
+
+    import pyogrio.raw
+
     try:
-        json.loads(body)
-    except ValueError as exc:
-        raise _Retryable(f"tile index is not valid JSON: {exc}", reason="undecodable") from exc
+        meta, _, wkb, fields = pyogrio.raw.read(io.BytesIO(body))
+    except Exception as exc:  # noqa: BLE001 - any OGR failure means an unusable index
+        raise SourceError(f"{where}: zipped tile index does not open as a shapefile: {exc}") from exc
+    if not meta.get("crs"):
+        raise SourceError(f"{where}: shapefile tile index has no CRS (.prj missing)")
+    geoms = shapely.from_wkb(wkb)
+    to_lonlat = pyproj.Transformer.from_crs(meta["crs"], "EPSG:4326", always_xy=True)
+    geoms = _reproject(to_lonlat, geoms)
+    columns = dict(zip(meta["fields"], fields))
+    features = [
+        {"type": "Feature", "geometry": shapely.geometry.mapping(g),
+         "properties": {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in columns.items()}}
+        for i, g in enumerate(geoms)
+    ]
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _validate_index(body: bytes, ctype: str):
+    try:
+        read_tile_index(body, "tile index")
+    except SourceError as exc:
+        raise _Retryable(str(exc), reason="undecodable") from exc
 
 
 def _validate_raster_file(body: bytes, ctype: str):

@@ -10,7 +10,7 @@ Endpoints, in the real protocols' request/response formats:
   document; bad requests return a ``ServiceExceptionReport`` (HTTP 200, text/xml).
 * ``GET /tile/{z}/{y}/{x}`` — ArcGIS-style Web Mercator tile cache (256 px); 404 for a tile
   outside the world.
-* ``GET /bulk/index.geojson`` and ``GET /bulk/tiles/{TILENAME}.{tif|jp2}`` — a bulk tile
+* ``GET /bulk/index.geojson`` (or ``/bulk/index.zip``, a zipped shapefile in the world CRS) and ``GET /bulk/tiles/{TILENAME}.{tif|jp2}`` — a bulk tile
   archive: square tiles of ``bulk_tile_m`` metres in the world's CRS, or, west of
   ``alt_crs_split_x``, re-projected into ``alt_crs`` (MassGIS: UTM 18N and 19N).
 
@@ -292,6 +292,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._tile(z, x, y)
         if parts == ["bulk", "index.geojson"]:
             return self._bulk_index()
+        if parts == ["bulk", "index.zip"]:
+            return self._bulk_index_shapefile()
         if parts[:2] == ["bulk", "tiles"] and len(parts) == 3:
             name = parts[2].rsplit(".", 1)[0]
             data = self.owner.bulk_tile_bytes(name)
@@ -399,6 +401,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             feats.append({"type": "Feature", "geometry": geom, "properties": {
                 "TILENAME": t["name"], "URL": f"{srv.url}/bulk/tiles/{t['name']}.{ext}", "CRS": t["crs"]}})
         return 200, "application/geo+json", json.dumps({"type": "FeatureCollection", "features": feats}).encode(), {}
+
+
+    def _bulk_index_shapefile(self):
+        """The index as a zipped ESRI shapefile with footprints in the world's CRS (as MassGIS)."""
+        import io
+        import tempfile
+        import zipfile
+
+        import pyogrio.raw
+        import shapely
+
+        srv = self.owner
+        tiles = srv.bulk_tiles()
+        ext = "jp2" if srv.cfg.bulk_format == "jp2" else "tif"
+        wkb = np.array([shapely.to_wkb(shapely.box(*t["world_bounds"])) for t in tiles], dtype=object)
+        names = np.array([t["name"] for t in tiles], dtype=object)
+        urls = np.array([f"{srv.url}/bulk/tiles/{t['name']}.{ext}" for t in tiles], dtype=object)
+        buf = io.BytesIO()
+        with tempfile.TemporaryDirectory() as tmp:
+            pyogrio.raw.write(f"{tmp}/tile_index.shp", wkb, field_data=[names, urls], fields=["TILENAME", "URL"],
+                              crs=srv.world.crs, geometry_type="Polygon", driver="ESRI Shapefile")
+            with zipfile.ZipFile(buf, "w") as zf:
+                for name in sorted(os.listdir(tmp)):
+                    zf.write(f"{tmp}/{name}", name)
+        return 200, "application/zip", buf.getvalue(), {}
 
 
 def main(argv=None) -> int:
