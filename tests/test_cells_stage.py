@@ -12,7 +12,6 @@ import pytest
 import shapely
 import yaml
 from pyproj import Geod
-from shapely.geometry import Polygon, mapping
 
 from conftest import run_snakemake, tool_env
 from vglpipe.cells import assign_photos, enumerate_cells

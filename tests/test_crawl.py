@@ -133,8 +133,8 @@ def test_token_file_and_missing_token(world, tmp_path):
     assert r.returncode == 2 and "nope" in r.stderr
 
 
-@pytest.mark.parametrize("content,msg", [("{not json", "not valid JSON"),
-                                         ('{"type": "Point", "coordinates": [1, 2]}', "holds no polygon"),
+@pytest.mark.parametrize("content,msg", [("{not json", "not a readable GeoJSON file"),
+                                         ('{"type": "Point", "coordinates": [1, 2]}', "expected Polygon/MultiPolygon"),
                                          ('{"type": "Polygon", "coordinates": [[[500000, 4700000], [500100, 4700000], [500100, 4700100], [500000, 4700000]]]}', "lon/lat")])
 def test_bad_region_file_is_named(tmp_path, content, msg):
     f = tmp_path / "region.geojson"

@@ -213,3 +213,25 @@ def test_fake_rejects_oversized_bbox_and_unknown_ids(source):
         assert requests.get(tampered, timeout=5).status_code == 403
     validate_image_id(data[0]["id"])
     json.dumps(data)
+
+
+def test_rate_limiter_slows_down_on_limit_answers_and_recovers():
+    import asyncio
+
+    from vglpipe.sources.mapillary import RateLimiter
+
+    async def scenario():
+        lim = RateLimiter(6000)  # 10 ms spacing
+        base = lim.interval
+        lim.slow_down()
+        lim.slow_down()  # a burst of limit answers within a second counts once
+        assert lim.interval == pytest.approx(1.5 * base)
+        for _ in range(20):
+            lim._slowed_at -= 1.0
+            lim.slow_down()
+        assert lim.interval == pytest.approx(8 * base)  # capped
+        for _ in range(5000):
+            lim.succeeded()
+        assert lim.interval == pytest.approx(base)  # back to the configured rate, never faster
+
+    asyncio.run(scenario())

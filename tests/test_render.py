@@ -7,7 +7,6 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import shapely
 
 from vglpipe.render.photos import RenderSettings, render_source, road_mask
 from vglpipe.render.streetview import Camera, HeightField, render

@@ -30,45 +30,12 @@ from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
-import shapely
-from shapely.geometry import shape
-
 from vglpipe.cli import run
-from vglpipe.errors import InputError, RegionError, SourceError
+from vglpipe.errors import InputError, SourceError
+from vglpipe.geo.region import load_boundary
 from vglpipe.sources.mapillary import CrawlConfig, Token, crawl, load_token
 
 log = logging.getLogger("vglpipe.crawl")
-
-
-def load_region_geojson(path: str | os.PathLike):
-    """Union of the (multi)polygons of a GeoJSON file (geometry, Feature or FeatureCollection), lon/lat."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except OSError as exc:
-        raise RegionError(f"{path}: cannot read region: {exc.strerror}") from None
-    except ValueError as exc:
-        raise RegionError(f"{path}: not valid JSON: {exc}") from None
-    geoms = []
-    try:
-        if doc.get("type") == "FeatureCollection":
-            geoms = [shape(f["geometry"]) for f in doc["features"] if f.get("geometry")]
-        elif doc.get("type") == "Feature":
-            geoms = [shape(doc["geometry"])]
-        else:
-            geoms = [shape(doc)]
-    except (AttributeError, KeyError, TypeError, ValueError, shapely.errors.GEOSException) as exc:
-        raise RegionError(f"{path}: not a GeoJSON geometry/Feature/FeatureCollection: {exc}") from None
-    geoms = [g for g in geoms if g.geom_type in ("Polygon", "MultiPolygon") and not g.is_empty]
-    if not geoms:
-        raise RegionError(f"{path}: holds no polygon")
-    region = shapely.union_all(geoms)
-    if not region.is_valid:
-        region = shapely.make_valid(region)
-    minx, miny, maxx, maxy = region.bounds
-    if not (-180 <= minx and maxx <= 180 and -90 <= miny and maxy <= 90):
-        raise RegionError(f"{path}: coordinates are not lon/lat degrees (bounds {region.bounds})")
-    return region
 
 
 def start_fake_process(source: str | os.PathLike, token_file: Path, url_file: Path, latency_ms: float = 0.0,
@@ -154,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
 
         region = demo_region(args.demo_region).boundary()
     else:
-        region = load_region_geojson(args.region_geojson)
+        region = load_boundary(args.region_geojson)
     cfg = config_from_args(args)
     if args.fake_source:
         if not (Path(args.fake_source) / "source.parquet").exists():

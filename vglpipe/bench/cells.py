@@ -48,16 +48,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", type=Path, default=None, help="where the Parquet files go (default: a temp dir)")
 
 
+def _assign_seconds(rng, train, test, points: int, repeats: int) -> float:
+    """Median seconds to give ``points`` random points their 5 m and 30 m ids (in memory)."""
+    lon = rng.uniform(MA_BBOX[0], MA_BBOX[2], points)
+    lat = rng.uniform(MA_BBOX[1], MA_BBOX[3], points)
+    seconds, _ = median_seconds(lambda: (train.ids_of(lat, lon), test.ids_of(lat, lon)), repeats)
+    return seconds
+
+
 def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     train, test = make_layout("consistent", 5.0), make_layout("consistent", 30.0)
-    lon = rng.uniform(MA_BBOX[0], MA_BBOX[2], args.points)
-    lat = rng.uniform(MA_BBOX[1], MA_BBOX[3], args.points)
-    t_assign, _ = median_seconds(lambda: (train.ids_of(lat, lon), test.ids_of(lat, lon)), args.repeats)
+    t_assign = _assign_seconds(rng, train, test, args.points, args.repeats)
     points_per_s = args.points / t_assign
     print(f"assign: {args.points:,} points -> 5 m + 30 m ids in {t_assign:.3f} s (median of {args.repeats}): "
           f"{points_per_s / 1e6:.1f} M points/s")
-    del lon, lat
 
     region = ma_like_polygon()
     print(f"region: Massachusetts-sized polygon, {len(region.exterior.coords) - 1} vertices, ~{MA_AREA_KM2:,.0f} km²")

@@ -58,11 +58,11 @@ def main(args: argparse.Namespace) -> int:
             size = args.world_size_m or reg.size_m + 2 * DEFAULT_WORLD_MARGIN_M
             world = synthetic.make_world(reg.seed, reg.center_lat, reg.center_lon, size)
     else:
-        from vglpipe.crawl import load_region_geojson
+        from vglpipe.geo.region import load_boundary
 
         if not args.world_color:
             raise InputError("--region-geojson needs --world-color and --world-height")
-        region = load_region_geojson(args.region_geojson)
+        region = load_boundary(args.region_geojson)
         world = synthetic.read_world(args.world_color, args.world_height)
     settings = RenderSettings(n=args.n, seed=args.seed, outside=args.outside_fraction, pano=args.pano_fraction,
                               grey=args.grey_fraction)

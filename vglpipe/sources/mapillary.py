@@ -282,6 +282,10 @@ class _Transient(Exception):
     """A failure worth retrying (429, 5xx, reset, timeout, truncated body)."""
 
 
+class _RateLimited(_Transient):
+    """The API's request limit was reached (HTTP 429 or a rate-limit error code)."""
+
+
 class _NotFound(Exception):
     pass
 
@@ -460,12 +464,20 @@ class CrawlState:
 
 
 class RateLimiter:
-    """Space calls evenly at ``per_minute`` (small burst allowance); ``per_minute <= 0``: unlimited."""
+    """Space calls evenly at ``per_minute`` (small burst allowance); ``per_minute <= 0``: unlimited.
 
-    def __init__(self, per_minute: float, burst: int = 8):
-        self.interval = 60.0 / per_minute if per_minute > 0 else 0.0
+    When the API answers "request limit reached" the configured rate is too high for it:
+    :meth:`slow_down` stretches the spacing (at most once a second, up to ``max_slowdown``
+    times), and every successful call lets it recover slowly towards the configured rate.
+    """
+
+    def __init__(self, per_minute: float, burst: int = 8, max_slowdown: float = 8.0):
+        self.base_interval = 60.0 / per_minute if per_minute > 0 else 0.0
+        self.interval = self.base_interval
+        self.max_interval = self.base_interval * max_slowdown
         self.burst = burst * self.interval
         self.next = 0.0
+        self._slowed_at = -1e9
 
     async def acquire(self) -> None:
         if not self.interval:
@@ -475,6 +487,18 @@ class RateLimiter:
         self.next = t + self.interval
         if t > now:
             await asyncio.sleep(t - now)
+
+    def slow_down(self, factor: float = 1.5) -> None:
+        if not self.interval:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._slowed_at >= 1.0:
+            self._slowed_at = now
+            self.interval = min(self.max_interval, self.interval * factor)
+
+    def succeeded(self) -> None:
+        if self.interval > self.base_interval:
+            self.interval = max(self.base_interval, self.interval * 0.999)
 
 
 # --------------------------------------------------------------------------- crawler
@@ -529,7 +553,9 @@ class Crawler:
                 self._msg(f"Mapillary rejected the access token (HTTP 401) for {what}: {message}"
                           " — check MAPILLARY_ACCESS_TOKEN / the token file")
             )
-        if status == 429 or status >= 500 or err.get("is_transient") or err.get("code") in (1, 2, 4, 17, 32, 613):
+        if status == 429 or err.get("code") in (4, 17, 32, 613):
+            return _RateLimited(f"HTTP {status} {message}")
+        if status >= 500 or err.get("is_transient") or err.get("code") in (1, 2):
             return _Transient(f"HTTP {status} {message}")
         if status == 404 or err.get("code") == 100:
             return _NotFound(f"HTTP {status} {message}")
@@ -549,10 +575,14 @@ class Crawler:
                 if status != 200:
                     raise self._classify(status, body, what)
                 try:
-                    return json.loads(body)
+                    answer = json.loads(body)
                 except ValueError:
                     raise _Transient(f"invalid or truncated JSON ({len(body)} bytes)") from None
+                self.limit[kind].succeeded()
+                return answer
             except (_Transient, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+                if isinstance(exc, _RateLimited):
+                    self.limit[kind].slow_down()
                 if attempt + 1 >= self.cfg.retries:
                     raise SourceError(self._msg(
                         f"{what} still failing after {self.cfg.retries} attempts: {type(exc).__name__}: {exc}"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 
