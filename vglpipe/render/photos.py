@@ -22,7 +22,7 @@ import pyproj
 import shapely
 
 from vglpipe.errors import InputError
-from vglpipe.geo.sphere import EARTH_RADIUS_M
+from vglpipe.geo.sphere import offset_m
 from vglpipe.render.streetview import Camera, HeightField, render
 from vglpipe.sources.fakes.mapillary_server import write_source
 
@@ -123,12 +123,9 @@ def render_source(world, region, out_dir: str | os.PathLike, settings: RenderSet
     comp = rng.choice(3, size=s.n, p=s.gnss_weights)
     sigma = np.asarray(s.gnss_sigma_m)[comp]
     dn, de = rng.normal(0, 1, (2, s.n)) * sigma
-    lat0 = np.radians(true_lat)
-    g_lat = true_lat + np.degrees(dn / EARTH_RADIUS_M)
-    g_lon = true_lon + np.degrees(de / (EARTH_RADIUS_M * np.cos(lat0)))
+    g_lat, g_lon = offset_m(true_lat, true_lon, de, dn)
     cn, ce = rng.normal(0, 1.0, (2, s.n))
-    c_lat = g_lat + np.degrees(cn / EARTH_RADIUS_M)
-    c_lon = g_lon + np.degrees(ce / (EARTH_RADIUS_M * np.cos(lat0)))
+    c_lat, c_lon = offset_m(g_lat, g_lon, ce, cn, ref_lat=true_lat)
     # time: uniform over the years, all hours (UTC); light follows local solar time
     t_lo = np.datetime64(f"{YEARS[0]}-01-01").astype("datetime64[ms]").astype(np.int64)
     t_hi = np.datetime64(f"{YEARS[1]}-01-01").astype("datetime64[ms]").astype(np.int64)

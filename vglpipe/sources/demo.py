@@ -15,7 +15,7 @@ import shapely
 from shapely.geometry import Polygon
 
 from vglpipe.errors import RegionError
-from vglpipe.geo.sphere import EARTH_RADIUS_M
+from vglpipe.geo.sphere import offset_m
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,9 @@ class DemoRegion:
         return Polygon(self._to_lonlat(outer), [self._to_lonlat(pond)])
 
     def _to_lonlat(self, pts):
-        lat0 = np.radians(self.center_lat)
-        out = []
-        for e, n in pts:
-            lat = self.center_lat + np.degrees(n / EARTH_RADIUS_M)
-            lon = self.center_lon + np.degrees(e / (EARTH_RADIUS_M * np.cos(lat0)))
-            out.append((float(lon), float(lat)))
-        return out
-
+        east, north = np.asarray(pts, dtype=np.float64).T
+        lat, lon = offset_m(self.center_lat, self.center_lon, east, north)
+        return [(float(x), float(y)) for x, y in zip(lon, lat)]
 
 DEMO_REGIONS: dict[str, DemoRegion] = {
     r.name: r
