@@ -742,7 +742,6 @@ class Crawler:
 
     async def _fetch_thumb(self, iid: int, url: str) -> tuple[bool, bytes | None]:
         what = f"thumbnail of image {iid}"
-        loop = asyncio.get_running_loop()
         for attempt in range(self.cfg.retries):
             try:
                 if url is None:

@@ -380,7 +380,6 @@ def _road_network(rng, n, s, P):
 
 def _draw_buildings(rng, color, classes, height, shadow, density, roads, P, s):
     n = color.shape[0]
-    c, sn = math.cos(P.alpha), math.sin(P.alpha)
     lx, ly = P.roof_light
     for p0, p1, w, major in roads:
         x0, y0 = p0
