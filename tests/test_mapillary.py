@@ -12,9 +12,17 @@ import pytest
 import shapely
 from shapely.geometry import Polygon
 
-from vglpipe.errors import AuthError, ResumeError
+from vglpipe.errors import AuthError, InputError, ResumeError
 from vglpipe.sources.fakes.mapillary_server import FAULT_KINDS, Faults, load_source, make_random_source
-from vglpipe.sources.mapillary import CrawlConfig, Token, box_bounds, crawl, load_token, root_boxes
+from vglpipe.sources.mapillary import (
+    CrawlConfig,
+    Token,
+    box_bounds,
+    crawl,
+    load_token,
+    process_thumbnail,
+    root_boxes,
+)
 from vglpipe.store.photos import METADATA_SCHEMA, PhotoStore, validate_image_id
 
 TOKEN = "MLY|4242|TESTTOKEN-c0ffee-dont-leak-me"
@@ -235,3 +243,32 @@ def test_rate_limiter_slows_down_on_limit_answers_and_recovers():
         assert lim.interval == pytest.approx(base)  # back to the configured rate, never faster
 
     asyncio.run(scenario())
+
+
+def _photo(w, h, seed=0):
+    rng = np.random.default_rng(seed)
+    img = cv2.resize(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("w,h", [(640, 480), (1024, 768), (768, 1024)])
+def test_thumbnail_processing_keeps_colour_drops_grey_rejects_truncated(w, h):
+    colour = _photo(w, h)
+    data = cv2.imencode(".jpg", colour, [cv2.IMWRITE_JPEG_QUALITY, 88])[1].tobytes()
+    grey_img = cv2.cvtColor(cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    grey_data = cv2.imencode(".jpg", grey_img, [cv2.IMWRITE_JPEG_QUALITY, 88])[1].tobytes()
+    # colour only in a small patch (~2 % of the frame) is still a colour photo
+    patch = grey_img.copy()
+    patch[: h // 7, : w // 7] = colour[: h // 7, : w // 7]
+    patch_data = cv2.imencode(".jpg", patch, [cv2.IMWRITE_JPEG_QUALITY, 88])[1].tobytes()
+
+    grey, jpeg = process_thumbnail(data, 90, "t")
+    assert not grey
+    out = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert out.shape == (480, 640, 3)
+    if (w, h) == (640, 480):
+        assert jpeg is data  # stored as served, not re-encoded
+    assert process_thumbnail(grey_data, 90, "t") == (True, None)
+    assert process_thumbnail(patch_data, 90, "t")[0] is False
+    with pytest.raises(InputError, match="thumbnail 7"):
+        process_thumbnail(data[: len(data) // 2], 90, "thumbnail 7")

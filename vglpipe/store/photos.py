@@ -101,6 +101,10 @@ def _member_header(image_id: int, size: int) -> bytes:
     return (head + b"%06o\0 " % chksum + tail).ljust(512, b"\0")
 
 
+_WRITE_BUFFER = 4 << 20
+_ZEROS = bytes(512)
+
+
 class ShardWriter:
     """Append JPEGs to tar shards; roll over to a new shard past ``shard_bytes``.
 
@@ -131,7 +135,9 @@ class ShardWriter:
         if self._fh is None:
             path = shard_path(self.root, self.shard)
             path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(path, "r+b" if path.exists() else "w+b")
+            # a large buffer: the filesystem sees a write every few MB (not one per photo),
+            # which parallel cluster filesystems much prefer; flush() comes before every commit
+            fh = open(path, "r+b" if path.exists() else "w+b", buffering=_WRITE_BUFFER)
             fh.truncate(self.end)
             fh.seek(self.end)
             self._fh = fh
@@ -143,7 +149,9 @@ class ShardWriter:
             self.close(finalize=True)
         self._ensure_open()
         pad = (-len(data)) % 512
-        self._fh.write(header + data + b"\0" * pad)
+        self._fh.write(header)
+        self._fh.write(data)
+        self._fh.write(_ZEROS[:pad])
         offset = self.end + len(header)
         self.end = offset + len(data) + pad
         return self.shard, offset, len(data)
