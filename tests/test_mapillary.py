@@ -272,3 +272,22 @@ def test_thumbnail_processing_keeps_colour_drops_grey_rejects_truncated(w, h):
     assert process_thumbnail(patch_data, 90, "t")[0] is False
     with pytest.raises(InputError, match="thumbnail 7"):
         process_thumbnail(data[: len(data) // 2], 90, "thumbnail 7")
+
+
+def test_metadata_export_in_chunks_equals_the_crawl_output(clean, tmp_path):
+    import sqlite3
+
+    from vglpipe.sources.mapillary import export_metadata
+
+    out, result = clean
+    db = sqlite3.connect(out / "crawl-state.sqlite")
+    n = export_metadata(db, tmp_path / "chunked.parquet", {"x": 1}, chunk_rows=7)
+    db.close()
+    assert n == result.stored
+    chunked = pq.read_table(tmp_path / "chunked.parquet")
+    assert pq.ParquetFile(tmp_path / "chunked.parquet").num_row_groups == -(-n // 7)
+    whole = pq.read_table(out / "metadata.parquet")
+    assert chunked.schema.remove_metadata() == whole.schema.remove_metadata() == METADATA_SCHEMA
+    assert chunked.replace_schema_metadata(None).equals(whole.replace_schema_metadata(None))
+    ids = chunked.column("image_id").to_numpy()
+    assert (np.diff(ids) > 0).all()

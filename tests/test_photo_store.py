@@ -113,6 +113,7 @@ def test_shards_roll_over_are_tar_files_and_random_access(tmp_path):
             store.read(5)
         with pytest.raises(InputError, match="invalid image id"):
             store.read("../../x")
+        assert sorted(store.metadata(["image_id"]).column("image_id").to_pylist()) == sorted(blobs)
 
 
 def test_resume_truncates_torn_tail(tmp_path):
@@ -140,3 +141,26 @@ def test_fast_tar_header_matches_tarfile(iid, size):
     ti = tarfile.TarInfo(f"{iid}.jpg")
     ti.size, ti.mtime, ti.mode = size, 0, 0o644
     assert _member_header(iid, size) == ti.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def test_write_batches_streams_and_is_atomic(tmp_path):
+    from vglpipe.store.tables import read_metadata, read_table, write_batches
+
+    schema = pa.schema([pa.field("a", pa.int64())])
+    batches = [pa.RecordBatch.from_pydict({"a": list(range(i, i + 3))}, schema=schema) for i in (0, 3, 6)]
+    path = tmp_path / "t.parquet"
+    assert write_batches(iter(batches), schema, path, metadata={"k": "v"}) == 9
+    assert read_table(path).column("a").to_pylist() == list(range(9))
+    assert read_metadata(path) == {"k": "v"}
+
+    def failing():
+        yield batches[0]
+        raise RuntimeError("source broke")
+
+    with pytest.raises(RuntimeError, match="source broke"):
+        write_batches(failing(), schema, path)
+    assert read_table(path).num_rows == 9  # the old file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]  # no temporary left behind
+    empty = tmp_path / "empty.parquet"
+    assert write_batches([], schema, empty) == 0
+    assert read_table(empty).schema.remove_metadata() == schema

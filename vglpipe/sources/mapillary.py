@@ -78,7 +78,7 @@ from vglpipe.store.photos import (
     letterbox,
     validate_image_id,
 )
-from vglpipe.store.tables import write_table
+from vglpipe.store.tables import write_batches
 
 log = logging.getLogger("vglpipe.crawl")
 
@@ -939,23 +939,33 @@ class Crawler:
         # finalize the last shard and export
         self.writer.close(finalize=True)
         self._commit_now()
-        rows = self.state.db.execute(f"SELECT {', '.join(_COLS)} FROM photos ORDER BY image_id").fetchall()
-        cols = list(zip(*rows)) if rows else [[] for _ in _COLS]
-        arrays = {}
-        for f, values in zip(METADATA_SCHEMA, cols):
-            if pa.types.is_timestamp(f.type):
-                arrays[f.name] = pa.array(list(values), type=pa.int64()).cast(f.type)
-            else:
-                arrays[f.name] = pa.array(list(values), type=f.type)
-        table = pa.Table.from_pydict(arrays, schema=METADATA_SCHEMA)
         r.complete = True
         report = asdict(r)
-        write_table(table, self.out / "metadata.parquet",
-                    metadata={"source": "mapillary-graph-v4", "base_url": self.base, "crawl": report,
-                              "photo_size": [640, 480]})
+        export_metadata(self.state.db, self.out / "metadata.parquet",
+                        {"source": "mapillary-graph-v4", "base_url": self.base, "crawl": report,
+                         "photo_size": [640, 480]})
         atomic_write_text(self.out / "crawl_report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
         log.info("crawl complete: %d photos stored, skipped %s, %d failed; requests %s; retries %s",
                  r.stored, {k: v for k, v in r.skipped.items() if v}, r.failed, r.requests, r.retries)
+
+
+def _metadata_batches(db: sqlite3.Connection, chunk_rows: int):
+    cur = db.execute(f"SELECT {', '.join(_COLS)} FROM photos ORDER BY image_id")
+    while rows := cur.fetchmany(chunk_rows):
+        arrays = []
+        for f, values in zip(METADATA_SCHEMA, zip(*rows)):
+            if pa.types.is_timestamp(f.type):
+                arrays.append(pa.array(values, type=pa.int64()).cast(f.type))
+            else:
+                arrays.append(pa.array(values, type=f.type))
+        yield pa.RecordBatch.from_arrays(arrays, schema=METADATA_SCHEMA)
+
+
+def export_metadata(db: sqlite3.Connection, path: Path, metadata: dict, chunk_rows: int = 1 << 18) -> int:
+    """Write the checkpoint's photo rows, by image id, to ``metadata.parquet`` in chunks of
+    ``chunk_rows`` (memory stays flat: a statewide crawl holds ~11 M rows)."""
+    return write_batches(_metadata_batches(db, chunk_rows), METADATA_SCHEMA, path, metadata=metadata)
+
 
 def _process_batch(items: list, quality: int) -> list:
     """Worker side: ``(is_grey, jpeg | None | True)`` per item, True meaning "store as served",

@@ -193,18 +193,23 @@ class PhotoStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.metadata_path = self.root / "metadata.parquet"
-        self.table = read_table(self.metadata_path)
         self.info = read_metadata(self.metadata_path)
-        ids = self.table.column("image_id").to_numpy()
+        # only the locator columns stay in memory (~24 bytes per photo)
+        loc = read_table(self.metadata_path, columns=["image_id", "shard", "offset", "nbytes"])
+        ids = loc.column("image_id").to_numpy()
         order = np.argsort(ids, kind="stable")
         self._ids = ids[order]
-        self._shard = self.table.column("shard").to_numpy()[order]
-        self._offset = self.table.column("offset").to_numpy()[order]
-        self._nbytes = self.table.column("nbytes").to_numpy()[order]
+        self._shard = loc.column("shard").to_numpy()[order]
+        self._offset = loc.column("offset").to_numpy()[order]
+        self._nbytes = loc.column("nbytes").to_numpy()[order]
         self._fds: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def metadata(self, columns: Iterable[str] | None = None) -> pa.Table:
+        """The photo metadata table (``columns`` only, if given), read from disk."""
+        return read_table(self.metadata_path, columns=columns)
 
     def ids(self) -> np.ndarray:
         return self._ids.copy()

@@ -17,6 +17,14 @@ from vglpipe.store.atomic import atomic_path
 METADATA_KEY = b"vglpipe"
 
 
+def _with_metadata(schema: pa.Schema, metadata: Mapping[str, Any] | None) -> pa.Schema:
+    if metadata is None:
+        return schema
+    meta = dict(schema.metadata or {})
+    meta[METADATA_KEY] = json.dumps(metadata, sort_keys=True).encode()
+    return schema.with_metadata(meta)
+
+
 def write_table(
     table: pa.Table,
     path: str | os.PathLike,
@@ -24,12 +32,26 @@ def write_table(
     row_group_size: int = 1 << 20,
 ) -> None:
     """Write ``table`` to ``path`` atomically; ``metadata`` is stored as JSON in the schema."""
-    if metadata is not None:
-        meta = dict(table.schema.metadata or {})
-        meta[METADATA_KEY] = json.dumps(metadata, sort_keys=True).encode()
-        table = table.replace_schema_metadata(meta)
+    table = table.replace_schema_metadata(_with_metadata(table.schema, metadata).metadata)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+
+
+def write_batches(
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    path: str | os.PathLike,
+    metadata: Mapping[str, Any] | None = None,
+) -> int:
+    """Stream record batches (each becomes a row group) to ``path`` atomically, so a table
+    larger than memory can be written; ``metadata`` as in :func:`write_table`. Returns the rows."""
+    schema = _with_metadata(schema, metadata)
+    rows = 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
