@@ -26,7 +26,7 @@ MA_PHOTOS = 11_000_000
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=2_000_000, help="photo rows (default 2,000,000)")
-    parser.add_argument("--chunk-rows", type=int, default=1 << 18, help="rows per chunk (default 262144)")
+    parser.add_argument("--chunk-rows", type=int, default=1 << 16, help="rows per chunk (default 65536, as the crawler)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
 

@@ -961,7 +961,7 @@ def _metadata_batches(db: sqlite3.Connection, chunk_rows: int):
         yield pa.RecordBatch.from_arrays(arrays, schema=METADATA_SCHEMA)
 
 
-def export_metadata(db: sqlite3.Connection, path: Path, metadata: dict, chunk_rows: int = 1 << 18) -> int:
+def export_metadata(db: sqlite3.Connection, path: Path, metadata: dict, chunk_rows: int = 1 << 16) -> int:
     """Write the checkpoint's photo rows, by image id, to ``metadata.parquet`` in chunks of
     ``chunk_rows`` (memory stays flat: a statewide crawl holds ~11 M rows)."""
     return write_batches(_metadata_batches(db, chunk_rows), METADATA_SCHEMA, path, metadata=metadata)
