@@ -77,10 +77,10 @@ rule crawl:
         "logs/crawl/{region}.log",
     benchmark:
         "benchmarks/crawl/{region}.tsv"
-    threads: 2
+    threads: CRAWL["threads"]
     resources:
         mem_mb=4000,
         runtime=24 * 60,
     shell:
         "python -m vglpipe.crawl --region-geojson {input.boundary:q} --out results/photos/{wildcards.region} "
-        "{params.args} > {log:q} 2>&1"
+        "{params.args} --image-workers {threads} > {log:q} 2>&1"
