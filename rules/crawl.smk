@@ -77,7 +77,7 @@ rule crawl:
         "logs/crawl/{region}.log",
     benchmark:
         "benchmarks/crawl/{region}.tsv"
-    threads: CRAWL["threads"]
+    threads: lambda wc: CRAWL["demo"]["threads"] if _builtin_region(wc.region) else CRAWL["threads"]
     resources:
         mem_mb=4000,
         runtime=24 * 60,
