@@ -40,3 +40,27 @@ def test_cells_stage_on_slurm(workflow_dir):
     )
     states = dict(line.split("|") for line in acct.stdout.split())
     assert set(states) == set(job_ids) and set(states.values()) == {"COMPLETED"}, acct.stdout
+
+
+@pytest.mark.slurm
+@pytest.mark.workflow
+def test_demo_crawl_on_slurm_gets_its_threads_as_cpus(workflow_dir):
+    """A multi-threaded rule asks SLURM for its threads (and fits the node): the demo crawl
+    chain (world, boundary, rendered photos, crawl) runs as SLURM jobs."""
+    if not slurm_up():
+        pytest.skip("no SLURM cluster answering sinfo (.ci/run starts one with ../shared/slurm/start-local-slurm.sh)")
+    (workflow_dir / "small.yaml").write_text(yaml.safe_dump({"crawl": {"demo": {"photos_per_region": 40}}}))
+    target = "results/photos/demo-test/metadata.parquet"
+    run = run_snakemake(workflow_dir, target, "--configfile", "small.yaml", profile="profiles/slurm")
+    out = run.stdout + run.stderr
+    assert (workflow_dir / target).exists()
+    jobs = dict(re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", out))
+    assert sorted(jobs.values()) == ["crawl", "orthophotos_world", "region_boundary", "render_streetview"], out
+    acct = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "JobID,State,AllocCPUS", "-j", ",".join(jobs)],
+        capture_output=True, text=True, timeout=60,
+    )
+    rows = {r.split("|")[0]: r.split("|")[1:] for r in acct.stdout.split()}
+    assert {s for s, _ in rows.values()} == {"COMPLETED"}, acct.stdout
+    cpus = {jobs[j]: int(c) for j, (_, c) in rows.items()}
+    assert cpus["crawl"] == 2 and cpus["region_boundary"] == 1, cpus  # crawl.demo.threads
