@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fill(db_path: Path, n: int, seed: int = 0) -> None:
-    from vglpipe.sources.mapillary import _COLS, CrawlState
+    from vglpipe.sources.mapillary import INSERT_PHOTO_SQL, CrawlState
 
     rng = np.random.default_rng(seed)
     state = CrawlState(db_path)
@@ -51,7 +51,7 @@ def _fill(db_path: Path, n: int, seed: int = 0) -> None:
             for i in range(k)
         ]
         db.execute("BEGIN")
-        db.executemany(f"INSERT INTO photos ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})", rows)
+        db.executemany(INSERT_PHOTO_SQL, rows)
         db.execute("COMMIT")
     state.close()
 

@@ -410,6 +410,8 @@ def process_thumbnail(data: bytes, quality: int, what: str) -> tuple[bool, bytes
 
 
 _COLS = [f.name for f in METADATA_SCHEMA]
+#: stores one photo row (a tuple in ``_COLS`` order) in the checkpoint
+INSERT_PHOTO_SQL = f"INSERT OR REPLACE INTO photos ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})"
 
 
 class CrawlState:
@@ -615,7 +617,7 @@ class Crawler:
         db.execute("BEGIN IMMEDIATE")
         if rows:
             db.executemany(
-                f"INSERT OR REPLACE INTO photos ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})",
+                INSERT_PHOTO_SQL,
                 [tuple(r[c] for c in _COLS) for r in rows],
             )
             db.executemany("UPDATE images SET status=? WHERE id=?", [(STORED, r["image_id"]) for r in rows])
