@@ -1,14 +1,23 @@
-# vglpipe: statewide cross-view visual geolocalization. Table of contents only;
-# each stage lives in rules/<stage>.smk and runs `python -m vglpipe.<stage>`.
+# vglpipe: statewide cross-view visual geolocalization. Table of contents only: settings and
+# helpers in rules/common.smk, one file per stage in rules/<stage>.smk, each rule running
+# `python -m vglpipe.<stage>`.
+from snakemake.utils import min_version
 
-configfile: "workflow_config.yaml"
+min_version("9.0")
+
+
+# The shipped demo experiment, unless --configfile names the user's own, which replaces it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "workflow_config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/demo.smk"
 include: "rules/regions.smk"
 include: "rules/crawl.smk"
-include: "rules/cells.smk"
 include: "rules/orthophotos.smk"
+include: "rules/cells.smk"
 
 
 rule all:

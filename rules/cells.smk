@@ -8,15 +8,17 @@ rule cells:
         cells=f"results/cells/{{region}}/cells_{TEST_CELL_TAG}m.parquet",
         summary="results/cells/{region}/summary.json",
     params:
-        layout=layout_args(),
+        settings=stage_settings("cells_stage"),
     log:
         "logs/cells/{region}.log",
     benchmark:
         "benchmarks/cells/{region}.tsv"
+    conda:
+        "../envs/geo.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m vglpipe.cells --photos {input.photos:q} --boundary {input.boundary:q} "
-        "{params.layout} --out-photo-cells {output.photo_cells:q} --out-cells {output.cells:q} "
+        "python -m vglpipe.cells --settings {params.settings} --photos {input.photos:q} "
+        "--boundary {input.boundary:q} --out-photo-cells {output.photo_cells:q} --out-cells {output.cells:q} "
         "--out-summary {output.summary:q} 2> {log:q}"

@@ -1,31 +1,99 @@
-# Shared by every rule file: config validation (fails at start, naming the key) and helpers.
-from vglpipe.config import validate_config
+# Shared by all rules files: the validated settings (fail at start, naming the key) and the
+# input/params functions. Each rule passes its stage exactly the settings it reads (a
+# vglpipe.settings stage bundle as JSON in `params`), so a changed value reruns exactly the
+# stages that read it and those downstream.
+import os
+import re
+import shlex
+
 from vglpipe.errors import ConfigError
+from vglpipe.settings import Settings, to_json
 
 try:
-    validate_config(config, source="workflow config (workflow_config.yaml + --config/--configfile)")
+    SETTINGS = Settings(config, source="workflow config (workflow_config.yaml or --configfile, + --config)")
+    SETTINGS.check()
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
-REGIONS = sorted(config["regions"])
-LAYOUT = config["layout"]
+REGIONS = SETTINGS.regions
+DEMO_REGIONS = sorted(SETTINGS.demo.regions)
+AERIAL_REGIONS = [r for r in REGIONS if r in SETTINGS.config["aerial"]["sources"]]
+TEST_CELL_TAG = SETTINGS.layout.test_cell_tag
 
-
-def cell_tag(cell_m):
-    """'30' for 30.0, '2.5' for 2.5: the <l> in cells_<l>m.parquet."""
-    return f"{cell_m:g}"
-
-
-TEST_CELL_TAG = cell_tag(LAYOUT["test_cell_m"])
-
-
-def layout_args():
-    return (
-        f"--layout {LAYOUT['kind']} --earth-radius-m {LAYOUT['earth_radius_m']!r} "
-        f"--train-cell-m {LAYOUT['train_cell_m']!r} --test-cell-m {LAYOUT['test_cell_m']!r} "
-        f"--mercator-reference-lat {LAYOUT['mercator_reference_lat']!r}"
+for _region in sorted(set(REGIONS) - set(AERIAL_REGIONS)):
+    logger.warning(
+        f"region {_region} has no aerial.sources entry: its orthophotos are not fetched "
+        "(add one to train on it or test on it)"
     )
 
 
+def one_of(names):
+    """A wildcard regex matching exactly these names (nothing when empty)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def stage_settings(method, *args):
+    """params function: the stage bundle ``SETTINGS.<method>(wildcards...)`` as shell-quoted JSON."""
+    return lambda wc: shlex.quote(to_json(getattr(SETTINGS, method)(*(wc[a] for a in args))))
+
+
+def out_dir(wc, output):
+    """The directory of a rule's first output (stages that write a directory of files)."""
+    return os.path.dirname(output[0])
+
+
+def is_demo(region):
+    return region in SETTINGS.demo.regions
+
+
+# ---- demo hooks: the demo's fake servers wrap the production commands (rules/demo.smk)
+
+
+def demo_dir(region):
+    return f"resources/demo/{region}"
+
+
+def crawl_inputs(wc):
+    inputs = {"boundary": f"resources/regions/{wc.region}.geojson"}
+    if is_demo(wc.region):
+        inputs["source"] = f"{demo_dir(wc.region)}/streetview/source.parquet"
+    return inputs
+
+
+def crawl_wrapper(wc, input):
+    """Demo regions: serve the rendered photos with the fake Mapillary API around the crawl."""
+    if not is_demo(wc.region):
+        return ""
+    st = shlex.quote(to_json(SETTINGS.fake_mapillary_stage()))
+    source = shlex.quote(os.path.dirname(input.source))
+    return f"python -m vglpipe.demo serve-mapillary --settings {st} --source {source} -- "
+
+
+def crawl_base_url(wc):
+    return "--base-url fake:/" if is_demo(wc.region) else ""
+
+
+def download_inputs(wc):
+    inputs = {"boundary": f"resources/regions/{wc.region}.geojson"}
+    if is_demo(wc.region):
+        inputs["world_color"] = f"{demo_dir(wc.region)}/world/color.tif"
+        inputs["world_height"] = f"{demo_dir(wc.region)}/world/height.tif"
+    return inputs
+
+
+def download_wrapper(wc, input):
+    """Demo regions: serve the region's world with the fake orthophoto provider around the download."""
+    if not is_demo(wc.region):
+        return ""
+    st = shlex.quote(to_json(SETTINGS.fake_orthophoto_stage(wc.region)))
+    return (f"python -m vglpipe.demo serve-orthophotos --settings {st} --world-color {shlex.quote(input.world_color)} "
+            f"--world-height {shlex.quote(input.world_height)} -- ")
+
+
 wildcard_constraints:
-    region="[a-z0-9][a-z0-9_-]*",
+    region=one_of(REGIONS),
+
+
+localrules:
+    region_boundary,
+    demo_boundary,

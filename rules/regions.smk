@@ -1,11 +1,12 @@
 rule region_boundary:
-    """The region's boundary as a normalised GeoJSON (built-in demo region or user file)."""
+    """The region's boundary as a normalised GeoJSON (checked: polygons, lon/lat)."""
+    input:
+        lambda wc: SETTINGS.boundary(wc.region),
     output:
         "resources/regions/{region}.geojson",
-    params:
-        boundary=lambda wc: config["regions"][wc.region]["boundary"],
     log:
         "logs/regions/{region}.log",
+    conda:
+        "../envs/geo.yaml"
     shell:
-        "python -m vglpipe.regions --region {wildcards.region:q} --boundary {params.boundary:q} "
-        "--out {output:q} 2> {log:q}"
+        "python -m vglpipe.regions --region {wildcards.region:q} --boundary {input:q} --out {output:q} 2> {log:q}"

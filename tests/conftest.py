@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 REFERENCE_DATA = SHARED / "reference-data"
-WORKFLOW_FILES = ["Snakefile", "rules", "workflow_config.yaml", "profiles"]
+WORKFLOW_FILES = ["Snakefile", "rules", "workflow_config.yaml", "profiles", "envs"]
 
 
 @pytest.fixture
@@ -50,3 +50,30 @@ def run_snakemake(
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def demo_config(overrides: dict | None = None, regions: list[str] | None = None) -> dict:
+    """The shipped demo config with ``overrides`` merged in, optionally only some of its regions
+    (a --configfile replaces workflow_config.yaml, so a test's config is complete)."""
+    import yaml
+
+    config = deep_merge(yaml.safe_load((REPO / "workflow_config.yaml").read_text()), overrides or {})
+    if regions is not None:
+        config["regions"] = {r: v for r, v in config["regions"].items() if r in regions}
+        config["demo"]["regions"] = {r: v for r, v in config["demo"]["regions"].items() if r in regions}
+        config["aerial"]["sources"] = {r: v for r, v in config["aerial"]["sources"].items() if r in regions}
+    return config
+
+
+def write_config(workdir: Path, name: str, config: dict) -> str:
+    import yaml
+
+    (workdir / name).write_text(yaml.safe_dump(config, sort_keys=False))
+    return name

@@ -11,7 +11,7 @@ import pyproj
 import pytest
 
 from vglpipe.aerial.cog import CogOptions, build_cogs, build_index
-from vglpipe.sources.synthetic import make_world, write_world
+from vglpipe.demo.world import make_world, write_world
 
 CENTER = (42.36, -71.06)
 WORLD_M = 640.0

@@ -88,13 +88,15 @@ def test_two_source_crs_in_one_region(aerial_world, tmp_path):
     x_seam, y_mid = w.transform * (half, H / 2)
     lon, lat = inv.transform(x_seam, y_mid)
     with AerialSampler(tmp_path / "index.parquet") as s_split:
-        split, cov = s_split.sample(lat, lon, math.radians(20))
+        _s = s_split.sample(lat, lon, math.radians(20))
+        split, cov = _s.patches, _s.coverage
     with AerialSampler(cogs=[p for p in (tmp_path / "cogs").glob("*.tif")]) as s2:
         assert len(s2.cogs) == len(rep.cogs)
     single_cog = tmp_path / "single"
     rep1 = build_cogs([_write(tmp_path / "whole.tif", w)], single_cog, CogOptions(tile_px=2048), progress=False)
     with AerialSampler(cogs=rep1.cogs) as s_one:
-        one, cov1 = s_one.sample(lat, lon, math.radians(20))
+        _s = s_one.sample(lat, lon, math.radians(20))
+        one, cov1 = _s.patches, _s.coverage
     assert cov[0] > 0.999 and cov[1] > 0.999 and cov1[0] == 1.0  # seam: a few edge pixels may be masked
     assert _psnr(split[0], one[0]) > 27.0
     assert _psnr(split[1], one[1]) > 27.0
@@ -122,9 +124,11 @@ def test_real_landsat_file_with_nodata_borders(reference_data, tmp_path):
         xc, yc = src.transform * (src.width / 2, src.height / 2)
         lonc, latc = pyproj.Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True).transform(xc, yc)
     with AerialSampler(tmp_path / "index.parquet") as s:
-        _, cov = s.sample(lat, lon)
+        _s = s.sample(lat, lon)
+        _, cov = _s.patches, _s.coverage
         assert cov[0] < 0.1
-        _, covc = s.sample(latc, lonc)
+        _s = s.sample(latc, lonc)
+        _, covc = _s.patches, _s.coverage
         assert covc[0] == 1.0
 
 

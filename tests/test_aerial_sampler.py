@@ -10,7 +10,9 @@ from conftest_aerial import (  # noqa: F401  (fixtures)
     CENTER, DISK_D_M, WORLD_M, aerial_cogs, aerial_world, disk_latlon,
 )
 
-from vglpipe.aerial.sampler import AerialSampler, LodSpec, local_frame, patch_to_projected
+from vglpipe.aerial.geometry import local_frame, patch_to_projected
+from vglpipe.aerial.sampler import AerialSampler
+from vglpipe.settings import LodSpec
 from vglpipe.errors import InputError
 
 GEOD = pyproj.Geod(ellps="WGS84")
@@ -35,9 +37,9 @@ def test_patch_geometry_matches_pyproj_geodesics(theta_deg):
     lat, lon = 42.36, -71.06
     crs = "EPSG:32619"
     to_utm = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-    spec = LodSpec()
+    spec = LodSpec.defaults()
     frame = local_frame(crs, lat, lon)
-    assert math.degrees(-frame[4]) == pytest.approx(
+    assert math.degrees(-frame.delta) == pytest.approx(
         pyproj.Proj(crs).get_factors(lon, lat).meridian_convergence, abs=1e-12)
     for i in range(spec.n_lods):
         s = spec.m_per_px_of(i)
@@ -71,7 +73,8 @@ def _reference_patch(world, lat, lon, theta_deg, s, P, step=4):
 @pytest.mark.parametrize("theta_deg", [0.0, 65.0])
 def test_patches_match_pyproj_reference_and_wrong_convergence_fails(sampler, aerial_world, theta_deg):
     lat, lon = CENTER[0] + 0.0003, CENTER[1] - 0.0004
-    patches, cov = sampler.sample(lat, lon, math.radians(theta_deg))
+    _s = sampler.sample(lat, lon, math.radians(theta_deg))
+    patches, cov = _s.patches, _s.coverage
     assert cov[0] == 1.0 and cov[1] == 1.0
     for i, s in ((0, 0.2), (1, 0.4)):
         ref, idx = _reference_patch(aerial_world, lat, lon, theta_deg, s, 384)
@@ -86,8 +89,10 @@ def test_patches_match_pyproj_reference_and_wrong_convergence_fails(sampler, aer
 @pytest.mark.parametrize("theta_deg", [30.0, 90.0, 233.0])
 def test_rotated_patch_equals_rotated_north_patch(sampler, theta_deg):
     lat, lon = CENTER[0] + 0.0002, CENTER[1] + 0.0003
-    north, _ = sampler.sample(lat, lon, 0.0)
-    rot, _ = sampler.sample(lat, lon, math.radians(theta_deg))
+    _s = sampler.sample(lat, lon, 0.0)
+    north, _ = _s.patches, _s.coverage
+    _s = sampler.sample(lat, lon, math.radians(theta_deg))
+    rot, _ = _s.patches, _s.coverage
     P = 384
     R = cv2.getRotationMatrix2D(((P - 1) / 2, (P - 1) / 2), theta_deg, 1.0)  # CCW by theta
     yy, xx = np.mgrid[0:P, 0:P]
@@ -109,7 +114,8 @@ def _magenta_diameter_px(patch):
 def test_lod_i_covers_2_pow_i_d0(sampler):
     """The calibration disk (40 m) spans 40 / (0.2·2^i) px at LOD i: LOD i covers 2^i · 76.8 m."""
     lat, lon = disk_latlon()
-    patches, cov = sampler.sample(lat, lon, 0.0)
+    _s = sampler.sample(lat, lon, 0.0)
+    patches, cov = _s.patches, _s.coverage
     spec = sampler.spec
     for i in range(spec.n_lods):
         expect = DISK_D_M / spec.m_per_px_of(i)
@@ -125,14 +131,16 @@ def test_lod_i_covers_2_pow_i_d0(sampler):
 def test_coverage_reports_world_edge_and_outside(sampler):
     # LOD 3 around the disk (160 m south of centre) sticks out of the 640 m world on the south side
     lat, lon = disk_latlon()
-    _, cov = sampler.sample(lat, lon, 0.0)
+    _s = sampler.sample(lat, lon, 0.0)
+    _, cov = _s.patches, _s.coverage
     assert cov[0] == 1.0 and cov[1] == 1.0
     side3 = 76.8 * 8
     inside_south = WORLD_M / 2 - 160.0
     expect3 = (min(side3 / 2, WORLD_M / 2) + inside_south) / side3 * min(side3, WORLD_M) / side3
     assert cov[3] == pytest.approx(expect3, abs=0.02)
     # far outside every COG: zero coverage, black pixels (not filled)
-    patches, cov = sampler.sample(CENTER[0] + 0.05, CENTER[1], 0.0)
+    _s = sampler.sample(CENTER[0] + 0.05, CENTER[1], 0.0)
+    patches, cov = _s.patches, _s.coverage
     assert (cov == 0).all() and not patches.any()
 
 
@@ -156,7 +164,8 @@ def test_test_time_mode_matches_single_cell_sampling(sampler, aerial_world):
         assert batch.patches.shape[1:] == (4, 384, 384, 3)
         for j, k in enumerate(batch.index):
             seen[k] = True
-            single, cov = sampler.sample(lat[k], lon[k], 0.0)
+            _s = sampler.sample(lat[k], lon[k], 0.0)
+            single, cov = _s.patches, _s.coverage
             np.testing.assert_allclose(batch.coverage[j], cov, atol=0.01)
             for i in range(2):  # at most half a LOD pixel of shift: compare at LOD 0 and 1
                 assert _psnr(batch.patches[j, i], single[i]) > 24.0, (k, i)
@@ -175,7 +184,8 @@ def test_test_time_mode_matches_single_cell_sampling(sampler, aerial_world):
 def test_training_sample_ranges(sampler):
     rng = np.random.default_rng(3)
     for _ in range(5):
-        patches, cov, theta, off = sampler.sample_training(CENTER[0], CENTER[1], rng, cell_m=30.0)
+        tp = sampler.sample_training(CENTER[0], CENTER[1], rng, t_max_m=10.0)
+        patches, cov, theta, off = tp.patches, tp.coverage, tp.bearing, tp.offset
         assert 0 <= theta < 2 * math.pi and max(abs(off[0]), abs(off[1])) <= 10.0
         assert patches.shape == (4, 384, 384, 3) and cov[:2].min() == 1.0
 
@@ -217,8 +227,10 @@ def test_gdal_fallback_gives_the_same_patches(aerial_cogs):
     lat, lon = CENTER[0] - 0.0002, CENTER[1] + 0.0001
     with AerialSampler(aerial_cogs / "index.parquet") as fast, AerialSampler(aerial_cogs / "index.parquet", raw=False) as slow:
         assert all(c.raw is None for c in slow.cogs)
-        a, ca = fast.sample(lat, lon, 1.0)
-        b, cb = slow.sample(lat, lon, 1.0)
+        _s = fast.sample(lat, lon, 1.0)
+        a, ca = _s.patches, _s.coverage
+        _s = slow.sample(lat, lon, 1.0)
+        b, cb = _s.patches, _s.coverage
     np.testing.assert_allclose(ca, cb, atol=1e-3)
     for i in range(4):
         assert _psnr(a[i], b[i]) > 33.0

@@ -17,11 +17,12 @@ from conftest import run_snakemake, tool_env
 from vglpipe.cells import assign_photos, enumerate_cells
 from vglpipe.geo.layout import make_layout, unpack_ids
 from vglpipe.geo.region import load_boundary, write_boundary
-from vglpipe.sources.demo import demo_region, photo_positions
+from vglpipe.demo.regions import DemoRegion, photo_positions
+from vglpipe.settings import Settings, to_json
 from vglpipe.store import atomic_path
 from vglpipe.store.tables import read_metadata, read_table, write_table
 
-REGION = demo_region("demo-test")
+REGION = DemoRegion(center_lat=42.36, center_lon=-71.06, size_m=800.0)
 TOWN_TARGETS = ("results/cells/town/photo_cells.parquet", "results/cells/town/cells_30m.parquet")
 
 
@@ -69,26 +70,27 @@ def test_enumerate_cells_table():
 def write_inputs(tmp_path, region_name="town"):
     """A user region: its GeoJSON boundary and photo metadata already there (crawled before).
 
-    The normalised boundary is written before the metadata, so that Snakemake sees the
-    metadata as up to date and does not re-crawl it.
+    The user's boundary, the normalised boundary and the metadata are written in this order,
+    so that Snakemake sees the metadata as up to date and does not re-crawl it.
     """
     ids, lat, lon = photos_table()
+    boundary = tmp_path / f"{region_name}.geojson"
+    write_boundary(REGION.boundary(), boundary, region_name)
     write_boundary(REGION.boundary(), tmp_path / "resources" / "regions" / f"{region_name}.geojson", region_name)
     photos = pa.table({"image_id": ids, "lat": lat, "lon": lon,
                        "captured_at": pa.array(np.zeros(ids.size, np.int64), pa.timestamp("ms", tz="UTC"))})
     photos_path = tmp_path / "results" / "photos" / region_name / "metadata.parquet"
     write_table(photos, photos_path)
-    boundary = tmp_path / f"{region_name}.geojson"
-    write_boundary(REGION.boundary(), boundary, region_name)
     return photos_path, boundary, (ids, lat, lon)
 
 
 def test_cli_writes_tables_with_layout_metadata(tmp_path):
     photos_path, boundary, _ = write_inputs(tmp_path)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "vglpipe.cells", "--photos", str(photos_path), "--boundary", str(boundary),
-           "--layout", "mercator", "--mercator-reference-lat", "42.36",
-           "--out-photo-cells", str(out / "pc.parquet"), "--out-cells", str(out / "c.parquet"),
+    config = tmp_path / "mercator.yaml"
+    config.write_text(yaml.safe_dump({"layout": {"kind": "mercator", "mercator_reference_lat": 42.36}}))
+    cmd = [sys.executable, "-m", "vglpipe.cells", "--config", str(config), "--photos", str(photos_path),
+           "--boundary", str(boundary), "--out-photo-cells", str(out / "pc.parquet"), "--out-cells", str(out / "c.parquet"),
            "--out-summary", str(out / "s.json")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=tool_env())
     assert proc.returncode == 0, proc.stderr
@@ -104,8 +106,8 @@ def test_cli_missing_column_names_file_and_column(tmp_path):
     bad = tmp_path / "photos.parquet"
     write_table(pa.table({"image_id": [1], "latitude": [42.0], "lon": [-71.0]}), bad)
     _, boundary, _ = write_inputs(tmp_path)
-    cmd = [sys.executable, "-m", "vglpipe.cells", "--photos", str(bad), "--boundary", str(boundary),
-           "--out-photo-cells", str(tmp_path / "pc.parquet"), "--out-cells", str(tmp_path / "c.parquet")]
+    cmd = [sys.executable, "-m", "vglpipe.cells", "--settings", to_json(Settings({}).cells_stage()),
+           "--photos", str(bad), "--boundary", str(boundary), "--out-photo-cells", str(tmp_path / "pc.parquet"), "--out-cells", str(tmp_path / "c.parquet")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=tool_env())
     assert proc.returncode == 2
     assert "photos.parquet: missing column(s) lat" in proc.stderr

@@ -15,7 +15,8 @@ import pytest
 import shapely
 from shapely.geometry import mapping
 
-from vglpipe.sources.fakes.mapillary_server import load_source, make_random_source
+from vglpipe.demo.fake_mapillary import Faults, load_source, make_random_source
+from vglpipe.settings import CrawlSettings, CrawlStage, to_json
 from vglpipe.store.photos import PhotoStore
 
 TOKEN = "MLY|777|RECOGNISABLE-SECRET-7f3a9c1e"
@@ -34,10 +35,11 @@ def world(tmp_path_factory):
     return d
 
 
-def _cmd(world, out, *extra):
-    return [sys.executable, "-m", "vglpipe.crawl", "--region-geojson", str(world / "region.geojson"),
-            "--out", str(out), "--search-limit", "30", "--timeout-s", "2", "--backoff-s", "0.01",
-            "--backoff-max-s", "0.1", "--shard-bytes", "200000", *extra]
+def _cmd(world, out, *extra, **settings):
+    crawl = CrawlSettings.defaults(**{"search_limit": 30, "timeout_s": 2, "backoff_s": 0.01, "backoff_max_s": 0.1,
+                                      "shard_mb": 200000 / 2**20, **settings})
+    return [sys.executable, "-m", "vglpipe.crawl", "--settings", to_json(CrawlStage(crawl)),
+            "--region-geojson", str(world / "region.geojson"), "--out", str(out), *extra]
 
 
 def _env(token=TOKEN):
@@ -75,7 +77,7 @@ def test_kill9_mid_crawl_then_resume_is_complete_and_identical(world, tmp_path):
     # slow fake, few workers: the crawl takes several seconds; kill it twice at different points
     logs = []
     with load_source(world / "src", TOKEN, latency_s=0.03) as fake:
-        cmd = _cmd(world, out, "--base-url", fake.url, "--concurrency", "4", "--search-concurrency", "2")
+        cmd = _cmd(world, out, "--base-url", fake.url, concurrency=4, search_concurrency=2)
         for target in (0, 60):  # 0: during the search phase; 60: after 60 stored images
             proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True)
@@ -109,8 +111,7 @@ def test_kill9_mid_crawl_then_resume_is_complete_and_identical(world, tmp_path):
 
 def test_token_never_appears_in_logs_outputs_or_errors(world, tmp_path):
     out = tmp_path / "out"
-    with load_source(world / "src", TOKEN, faults=__import__(
-            "vglpipe.sources.fakes.mapillary_server", fromlist=["Faults"]).Faults(rate=0.2, slow_s=2.5)) as fake:
+    with load_source(world / "src", TOKEN, faults=Faults(rate=0.2, slow_s=2.5)) as fake:
         r = _run(_cmd(world, out, "--base-url", fake.url, "-v"), _env())
         assert r.returncode == 0, r.stderr
         bad = _run(_cmd(world, tmp_path / "bad", "--base-url", fake.url, "-v"), _env("MLY|1|WRONG-" + TOKEN[-8:] + "x"))
@@ -139,6 +140,6 @@ def test_token_file_and_missing_token(world, tmp_path):
 def test_bad_region_file_is_named(tmp_path, content, msg):
     f = tmp_path / "region.geojson"
     f.write_text(content)
-    r = _run([sys.executable, "-m", "vglpipe.crawl", "--region-geojson", str(f), "--out", str(tmp_path / "o")],
-             _env())
+    r = _run([sys.executable, "-m", "vglpipe.crawl", "--config", str(ROOT / "workflow_config.yaml"),
+              "--region-geojson", str(f), "--out", str(tmp_path / "o")], _env())
     assert r.returncode == 2 and msg in r.stderr and str(f) in r.stderr

@@ -13,16 +13,16 @@ import shapely
 from shapely.geometry import Polygon
 
 from vglpipe.errors import AuthError, InputError, ResumeError
-from vglpipe.sources.fakes.mapillary_server import FAULT_KINDS, Faults, load_source, make_random_source
+from vglpipe.demo.fake_mapillary import FAULT_KINDS, Faults, load_source, make_random_source
 from vglpipe.sources.mapillary import (
-    CrawlConfig,
     Token,
     box_bounds,
-    crawl,
+    crawl as crawl_,
     load_token,
     process_thumbnail,
     root_boxes,
 )
+from vglpipe.settings import CrawlSettings
 from vglpipe.store.photos import METADATA_SCHEMA, PhotoStore, validate_image_id
 
 TOKEN = "MLY|4242|TESTTOKEN-c0ffee-dont-leak-me"
@@ -37,9 +37,13 @@ SMALL_SIZES = ((160, 120), (200, 112), (120, 160), (150, 150), (256, 192))
 
 def fast_config(url, **kw):
     base = dict(base_url=url, search_limit=40, timeout_s=1.0, backoff_s=0.01, backoff_max_s=0.1, retries=12,
-                concurrency=32, search_concurrency=8, shard_bytes=1 << 18, progress=False)
+                concurrency=32, search_concurrency=8, shard_mb=0.25)
     base.update(kw)
-    return CrawlConfig(**base)
+    return CrawlSettings.defaults(**base)
+
+
+def crawl(*args, **kw):
+    return crawl_(*args, progress=False, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,18 @@ import shapely
 from vglpipe.aerial.cog import CogOptions, build_cogs, build_index, validate_cog
 from vglpipe.aerial.sampler import AerialSampler
 from vglpipe.errors import ConfigError, SourceError
-from vglpipe.sources.fakes.orthophoto_server import FakeOrthophotoServer, Faults, ServerConfig
+from vglpipe.demo.fake_orthophotos import FakeOrthophotoServer, Faults, ServerConfig
+from vglpipe.demo.world import make_world, write_world
+from vglpipe.settings import DownloadStage, SourceSettings, to_json
 from vglpipe.sources.orthophoto import (
+    BLANK_SUFFIX,
+    MISSING_SUFFIX,
+    area_polygon,
+    download,
+    downloaded_rasters,
+    plan_wms,
     read_tile_index,
-    BLANK_SUFFIX, MISSING_SUFFIX, SourceConfig, area_polygon, download, downloaded_rasters, plan_wms,
 )
-from vglpipe.sources.synthetic import make_world, write_world
 
 REPO = Path(__file__).resolve().parent.parent
 LAT, LON = 42.36, -71.06
@@ -45,7 +51,7 @@ def _wms(url, **kw):
     base = dict(protocol="wms", url=url + "/wms", layer="world", crs="EPSG:32619", chip_px=256,
                 timeout_s=5.0, backoff_s=0.02, backoff_max_s=0.2)
     base.update(kw)
-    return SourceConfig(**base)
+    return SourceSettings.defaults(**base)
 
 
 def _psnr(a, b):
@@ -95,7 +101,7 @@ def test_wms_download_then_tile_reproduces_world_pixels(world, area, tmp_path):
 
 def test_xyz_tiles_web_mercator_then_sampled(world, area, tmp_path):
     with FakeOrthophotoServer(world) as srv:
-        cfg = SourceConfig(protocol="xyz", url=srv.url + "/tile/{z}/{y}/{x}", zoom=19, timeout_s=5.0)
+        cfg = SourceSettings.defaults(protocol="xyz", url=srv.url + "/tile/{z}/{y}/{x}", zoom=19, timeout_s=5.0)
         rep = download(cfg, area, tmp_path / "dl", progress=False)
         assert all(p.startswith("/tile/19/") for p in srv.log)
     assert rep.fetched == rep.planned > 10
@@ -106,8 +112,10 @@ def test_xyz_tiles_web_mercator_then_sampled(world, area, tmp_path):
     # the same patch from the Web Mercator COGs and from the world's own UTM COG
     ref = build_cogs([_world_tif(world, tmp_path)], tmp_path / "ref", CogOptions(tile_px=1024), progress=False)
     with AerialSampler(tmp_path / "index.parquet") as s_xyz, AerialSampler(cogs=ref.cogs) as s_ref:
-        a, cov_a = s_xyz.sample(LAT, LON, math.radians(30))
-        b, cov_b = s_ref.sample(LAT, LON, math.radians(30))
+        _s = s_xyz.sample(LAT, LON, math.radians(30))
+        a, cov_a = _s.patches, _s.coverage
+        _s = s_ref.sample(LAT, LON, math.radians(30))
+        b, cov_b = _s.patches, _s.coverage
         assert s_xyz.cogs[0].level_for(0.4, 1 / math.cos(math.radians(LAT))) == 0  # z19 is 0.22 m on the ground
     assert cov_a[0] == 1.0 and cov_b[0] == 1.0
     assert _psnr(a[0], b[0]) > 22.0  # z19 (0.22 m) resampled twice vs 0.2 m
@@ -123,7 +131,7 @@ def test_bulk_jp2_tiles_in_two_utm_zones(world, area, tmp_path):
     minx, _, maxx, _ = world.bounds
     scfg = ServerConfig(bulk_tile_m=150.0, bulk_format="jp2", alt_crs="EPSG:32618", alt_crs_split_x=(minx + maxx) / 2)
     with FakeOrthophotoServer(world, scfg) as srv:
-        cfg = SourceConfig(protocol="bulk", url=srv.url + "/bulk/index.geojson", timeout_s=20.0)
+        cfg = SourceSettings.defaults(protocol="bulk", url=srv.url + "/bulk/index.geojson", timeout_s=20.0)
         rep = download(cfg, area, tmp_path / "dl", progress=False)
         files = downloaded_rasters(tmp_path / "dl")
         assert files and all(p.suffix == ".jp2" for p in files)
@@ -135,7 +143,7 @@ def test_bulk_jp2_tiles_in_two_utm_zones(world, area, tmp_path):
     lost_bytes = lost.read_bytes()
     lost.unlink()
     with FakeOrthophotoServer(world, scfg) as srv2:
-        cfg2 = SourceConfig(protocol="bulk", url=srv2.url + "/bulk/index.geojson", timeout_s=20.0)
+        cfg2 = SourceSettings.defaults(protocol="bulk", url=srv2.url + "/bulk/index.geojson", timeout_s=20.0)
         rep2 = download(cfg2, area, tmp_path / "dl", progress=False)
         assert srv2.log == ["/bulk/index.geojson", f"/bulk/tiles/{lost.stem[len('bulk_'):]}.jp2"]
     assert rep2.fetched == 1 and rep2.skipped_existing == rep.planned - 1
@@ -149,7 +157,8 @@ def test_bulk_jp2_tiles_in_two_utm_zones(world, area, tmp_path):
     table = build_index(cogs.cogs, tmp_path / "index.parquet")
     assert set(table.column("epsg").to_pylist()) == {32618, 32619}
     with AerialSampler(tmp_path / "index.parquet") as s:
-        _, cov = s.sample(LAT, LON, 0.4)
+        _s = s.sample(LAT, LON, 0.4)
+        _, cov = _s.patches, _s.coverage
         assert cov[0] == pytest.approx(1.0, abs=1e-3)
 
 
@@ -176,10 +185,10 @@ def test_kill_9_midway_then_restart_fetches_only_missing(world, area, tmp_path):
                                     "geometry": shapely.geometry.mapping(area)}))
     out = tmp_path / "dl"
     with FakeOrthophotoServer(world, ServerConfig(delay_s=0.25)) as srv:
-        src = json.dumps(dict(protocol="wms", url=srv.url + "/wms", layer="world", crs="EPSG:32619",
-                              chip_px=128, concurrency=1))
-        cmd = [sys.executable, "-m", "vglpipe.orthophotos", "download", "--region", "t", "--boundary",
-               str(boundary), "--margin-m", "0", "--source-json", src, "--out", str(out), "--no-progress"]
+        source = SourceSettings.defaults(protocol="wms", url=srv.url + "/wms", layer="world", crs="EPSG:32619",
+                                         chip_px=128, concurrency=1)
+        cmd = [sys.executable, "-m", "vglpipe.orthophotos", "download", "--boundary", str(boundary),
+               "--settings", to_json(DownloadStage(source, margin_m=0.0)), "--out", str(out), "--no-progress"]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
         while time.time() < deadline and len(list(out.glob("wms_*.tif"))) < 4:
@@ -189,7 +198,7 @@ def test_kill_9_midway_then_restart_fetches_only_missing(world, area, tmp_path):
         have = _tree(out)
         assert 4 <= len(have), "download did not start"
         assert not (out / "manifest.json").exists()
-        jobs = plan_wms(SourceConfig(**json.loads(src)), area)
+        jobs = plan_wms(source, area)
         assert len(have) < len(jobs), "killed too late"
         srv.log.clear()
         srv.cfg.delay_s = 0.0
@@ -212,7 +221,7 @@ def test_blank_and_missing_tiles_are_reported_not_used(world, tmp_path):
     area = shapely.box(LON - 60 * d_lon, LAT - d_lat, LON + 350 * d_lon, LAT + d_lat)
     faults = Faults(blank_rate=0.25, seed=1)
     with FakeOrthophotoServer(world, ServerConfig(faults=faults)) as srv:
-        cfg = SourceConfig(protocol="xyz", url=srv.url + "/tile/{z}/{y}/{x}", zoom=19, timeout_s=5.0)
+        cfg = SourceSettings.defaults(protocol="xyz", url=srv.url + "/tile/{z}/{y}/{x}", zoom=19, timeout_s=5.0)
         rep = download(cfg, area, tmp_path / "dl", progress=False)
         chosen = {"xyz_{}_{}_{}.tif".format(*(p.split("/")[2:3] + p.split("/")[4:5] + p.split("/")[3:4]))
                   for p in srv.log if srv.is_blank(p)}
@@ -231,7 +240,8 @@ def test_blank_and_missing_tiles_are_reported_not_used(world, tmp_path):
     z, x, y = (int(v) for v in rep.blank[0][:-4].split("_")[1:])
     b = mercantile.bounds(mercantile.Tile(x, y, z))
     with AerialSampler(tmp_path / "index.parquet") as s:
-        patches, cov = s.sample((b.south + b.north) / 2, (b.west + b.east) / 2, 0.0)
+        _s = s.sample((b.south + b.north) / 2, (b.west + b.east) / 2, 0.0)
+        patches, cov = _s.patches, _s.coverage
     assert cov[0] < 0.999
     # a rerun does not ask for blank or missing tiles again
     with FakeOrthophotoServer(world, ServerConfig(faults=faults)) as srv:
@@ -245,13 +255,13 @@ def test_wms_exception_report_and_bad_config(world, area, tmp_path):
         with pytest.raises(SourceError, match="ServiceException|exception report"):
             download(_wms(srv.url, layer="nope"), area, tmp_path / "dl", progress=False)
     with pytest.raises(ConfigError, match="unknown key"):
-        SourceConfig.from_dict({"protocol": "wms", "url": "x", "layer": "a", "colour": 1})
+        SourceSettings.from_dict({"protocol": "wms", "url": "x", "layer": "a", "colour": 1})
     with pytest.raises(ConfigError, match="protocol"):
-        SourceConfig.from_dict({"protocol": "ftp", "url": "x"})
+        SourceSettings.from_dict({"protocol": "ftp", "url": "x"})
 
 
 def test_server_gone_fails_with_clear_error(area, tmp_path):
-    cfg = SourceConfig(protocol="xyz", url="http://127.0.0.1:9/tile/{z}/{y}/{x}", zoom=17, retries=2,
+    cfg = SourceSettings.defaults(protocol="xyz", url="http://127.0.0.1:9/tile/{z}/{y}/{x}", zoom=17, retries=2,
                        backoff_s=0.01, timeout_s=1.0)
     with pytest.raises(SourceError, match="127.0.0.1:9"):
         download(cfg, area, tmp_path / "dl", progress=False)
@@ -261,9 +271,9 @@ def test_bulk_index_as_zipped_shapefile_in_utm_gives_the_same_tiles(world, area,
     """MassGIS ships its tile index as a shapefile in UTM: same plan and bytes as the GeoJSON index."""
     scfg = ServerConfig(bulk_tile_m=150.0, bulk_format="tif")
     with FakeOrthophotoServer(world, scfg) as srv:
-        by_geojson = download(SourceConfig(protocol="bulk", url=srv.url + "/bulk/index.geojson", timeout_s=20.0),
+        by_geojson = download(SourceSettings.defaults(protocol="bulk", url=srv.url + "/bulk/index.geojson", timeout_s=20.0),
                               area, tmp_path / "a", progress=False)
-        by_shapefile = download(SourceConfig(protocol="bulk", url=srv.url + "/bulk/index.zip", timeout_s=20.0),
+        by_shapefile = download(SourceSettings.defaults(protocol="bulk", url=srv.url + "/bulk/index.zip", timeout_s=20.0),
                                 area, tmp_path / "b", progress=False)
     a = {p.name: p.read_bytes() for p in downloaded_rasters(tmp_path / "a")}
     b = {p.name: p.read_bytes() for p in downloaded_rasters(tmp_path / "b")}

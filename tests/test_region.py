@@ -8,8 +8,8 @@ import pytest
 from shapely.geometry import Polygon, mapping
 
 from vglpipe.errors import RegionError
-from vglpipe.geo.region import load_boundary, resolve_boundary, write_boundary
-from vglpipe.sources.demo import DEMO_REGIONS
+from vglpipe.demo.regions import DemoRegion
+from vglpipe.geo.region import load_boundary, write_boundary
 
 SQUARE = Polygon([(-71.1, 42.3), (-71.0, 42.3), (-71.0, 42.4), (-71.1, 42.4)])
 
@@ -29,11 +29,11 @@ def test_geometry_feature_and_collection_are_accepted(tmp_path, wrap):
 
 
 def test_round_trip_keeps_holes_and_parts(tmp_path):
-    for region in DEMO_REGIONS.values():
+    for name, region in {"a": DemoRegion(42.45, -71.23, 800.0), "b": DemoRegion(-33.9, 151.2, 2000.0)}.items():
         geom = region.boundary()
         assert len(geom.interiors) == 1
-        write_boundary(geom, tmp_path / f"{region.name}.geojson", region.name)
-        assert load_boundary(tmp_path / f"{region.name}.geojson").equals(geom)
+        write_boundary(geom, tmp_path / f"{name}.geojson", name)
+        assert load_boundary(tmp_path / f"{name}.geojson").equals(geom)
 
 
 @pytest.mark.parametrize(
@@ -53,8 +53,3 @@ def test_bad_boundaries_name_the_file(tmp_path, content, message):
     with pytest.raises(RegionError, match=message) as info:
         load_boundary(path)
     assert "bad.geojson" in str(info.value)
-
-
-def test_unknown_builtin_region():
-    with pytest.raises(RegionError, match="unknown built-in region 'atlantis'"):
-        resolve_boundary("builtin:atlantis")

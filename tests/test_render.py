@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from vglpipe.render.photos import RenderSettings, render_source, road_mask
-from vglpipe.render.streetview import Camera, HeightField, render
-from vglpipe.sources.demo import DemoRegion
+from vglpipe.demo.photos import RenderSettings, render_source, road_mask
+from vglpipe.demo.streetview import Camera, HeightField, render
+from vglpipe.demo.regions import DemoRegion
 from vglpipe.store.photos import jpeg_size
 
 M = 0.2  # m/px
@@ -77,13 +77,13 @@ def test_night_is_darker_and_pitch_roll_change_the_view():
 
 @pytest.fixture(scope="module")
 def small_world():
-    from vglpipe.sources.synthetic import make_world
+    from vglpipe.demo.world import make_world
 
     return make_world(3, 42.40, -71.10, 360.0)
 
 
 def test_render_source_positions_times_and_noise(small_world, tmp_path):
-    region = DemoRegion("t", 3, 42.40, -71.10, 300.0).boundary()
+    region = DemoRegion(42.40, -71.10, 300.0).boundary()
     meta = render_source(small_world, region, tmp_path, RenderSettings(n=60, seed=4, internal_scale=0.25,
                                                                        pano=0.1, grey=0.1))
     t = pq.read_table(tmp_path / "source.parquet").to_pandas()
@@ -123,7 +123,7 @@ def test_render_source_positions_times_and_noise(small_world, tmp_path):
 
 
 def test_road_mask_from_colour_when_read_back(small_world, tmp_path):
-    from vglpipe.sources.synthetic import read_world, write_world
+    from vglpipe.demo.world import read_world, write_world
 
     write_world(small_world, tmp_path / "c.tif", tmp_path / "h.tif")
     back = read_world(tmp_path / "c.tif", tmp_path / "h.tif")

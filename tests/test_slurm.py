@@ -10,7 +10,7 @@ import pytest
 
 import yaml
 
-from conftest import run_snakemake
+from conftest import demo_config, run_snakemake, write_config
 from test_cells_stage import TOWN_TARGETS, write_inputs
 
 
@@ -49,13 +49,14 @@ def test_demo_crawl_on_slurm_gets_its_threads_as_cpus(workflow_dir):
     chain (world, boundary, rendered photos, crawl) runs as SLURM jobs."""
     if not slurm_up():
         pytest.skip("no SLURM cluster answering sinfo (.ci/run starts one with ../shared/slurm/start-local-slurm.sh)")
-    (workflow_dir / "small.yaml").write_text(yaml.safe_dump({"crawl": {"demo": {"photos_per_region": 40}}}))
+    write_config(workflow_dir, "small.yaml", demo_config({"demo": {"regions": {"demo-test": {"photos": 40}}}},
+                                                         regions=["demo-test"]))
     target = "results/photos/demo-test/metadata.parquet"
     run = run_snakemake(workflow_dir, target, "--configfile", "small.yaml", profile="profiles/slurm")
     out = run.stdout + run.stderr
     assert (workflow_dir / target).exists()
     jobs = dict(re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", out))
-    assert sorted(jobs.values()) == ["crawl", "orthophotos_world", "region_boundary", "render_streetview"], out
+    assert sorted(jobs.values()) == ["crawl", "demo_streetview", "demo_world"], out  # boundaries: localrules
     acct = subprocess.run(
         ["sacct", "-n", "-X", "-P", "-o", "JobID,State,AllocCPUS", "-j", ",".join(jobs)],
         capture_output=True, text=True, timeout=60,
@@ -63,4 +64,4 @@ def test_demo_crawl_on_slurm_gets_its_threads_as_cpus(workflow_dir):
     rows = {r.split("|")[0]: r.split("|")[1:] for r in acct.stdout.split()}
     assert {s for s, _ in rows.values()} == {"COMPLETED"}, acct.stdout
     cpus = {jobs[j]: int(c) for j, (_, c) in rows.items()}
-    assert cpus["crawl"] == 2 and cpus["region_boundary"] == 1, cpus  # crawl.demo.threads
+    assert cpus["crawl"] == 2 and cpus["demo_world"] == 1, cpus  # the demo config's crawl.threads

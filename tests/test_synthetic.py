@@ -6,7 +6,7 @@ import pytest
 import rasterio
 
 from vglpipe.errors import InputError
-from vglpipe.sources.synthetic import (
+from vglpipe.demo.world import (
     BUILDING, CLASS_NAMES, ROAD, TREE, make_world, read_world, utm_crs, write_world,
 )
 

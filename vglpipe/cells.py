@@ -27,8 +27,9 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from vglpipe import cli
-from vglpipe.geo.layout import Layout, make_layout, pack_ids
+from vglpipe.geo.layout import Layout, pack_ids
 from vglpipe.geo.region import load_boundary
+from vglpipe.settings import CellsStage, Settings
 from vglpipe.store.atomic import atomic_write_text
 from vglpipe.store.tables import read_table, write_table
 
@@ -99,13 +100,6 @@ def enumerate_cells(region: BaseGeometry, layout: Layout) -> pa.Table:
     )
 
 
-def layouts_from_args(args: argparse.Namespace) -> tuple[Layout, Layout]:
-    def one(cell_m: float) -> Layout:
-        return make_layout(args.layout, cell_m, args.earth_radius_m, args.mercator_reference_lat)
-
-    return one(args.train_cell_m), one(args.test_cell_m)
-
-
 def assign_file(photos_path, region: BaseGeometry, train_layout: Layout, test_layout: Layout, out) -> AssignSummary:
     """Photo metadata Parquet → ``photo_cells.parquet`` (see :func:`assign_photos`)."""
     photos = read_table(photos_path, PHOTO_COLUMNS)
@@ -141,7 +135,8 @@ def enumerate_file(region: BaseGeometry, layout: Layout, out) -> int:
 
 
 def main(args: argparse.Namespace) -> None:
-    train_layout, test_layout = layouts_from_args(args)
+    layout = cli.stage_settings(args, CellsStage, Settings.cells_stage).layout
+    train_layout, test_layout = layout.train_layout(), layout.test_layout()
     region = load_boundary(args.boundary)
     summary = assign_file(args.photos, region, train_layout, test_layout, args.out_photo_cells)
     n_cells = enumerate_file(region, test_layout, args.out_cells)
@@ -152,20 +147,12 @@ def main(args: argparse.Namespace) -> None:
         )
 
 
-def add_layout_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layout", choices=["consistent", "mercator"], default="consistent")
-    p.add_argument("--earth-radius-m", type=float, default=6378137.0)
-    p.add_argument("--train-cell-m", type=float, default=5.0)
-    p.add_argument("--test-cell-m", type=float, default=30.0)
-    p.add_argument("--mercator-reference-lat", type=float, default=0.0)
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vglpipe.cells", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_settings_arguments(p)
     p.add_argument("--photos", required=True, help="photo metadata Parquet (image_id, lat, lon, ...)")
     p.add_argument("--boundary", required=True, help="region boundary GeoJSON")
-    add_layout_arguments(p)
     p.add_argument("--out-photo-cells", required=True)
     p.add_argument("--out-cells", required=True)
     p.add_argument("--out-summary", help="JSON summary of the counts")

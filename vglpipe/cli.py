@@ -6,8 +6,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from vglpipe.errors import VglpipeError
+from vglpipe.settings import Settings, from_json
+
+T = TypeVar("T")
 
 log = logging.getLogger("vglpipe")
 
@@ -36,3 +40,17 @@ def run(
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--settings JSON`` (what the workflow passes) or ``--config FILE`` (run by hand)."""
+    g = parser.add_mutually_exclusive_group(required=True)
+    g.add_argument("--settings", help="the stage's settings as JSON, as the workflow passes them")
+    g.add_argument("--config", help="a workflow config file (e.g. workflow_config.yaml) to take them from")
+
+
+def stage_settings(args: argparse.Namespace, cls: type[T], build: Callable[[Settings], T]) -> T:
+    """The stage's settings bundle from ``--settings`` or, built by ``build``, from ``--config``."""
+    if args.settings is not None:
+        return from_json(cls, args.settings)
+    return build(Settings.load(args.config))

@@ -46,8 +46,8 @@ def _fill_defaults(schema: Mapping, instance: Any) -> Any:
     return instance
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
-    path = ".".join(str(p) for p in error.absolute_path)
+def _describe(error: jsonschema.ValidationError, prefix: str = "") -> str:
+    path = ".".join(str(p) for p in [*filter(None, prefix.split(".")), *error.absolute_path])
     where = path or "(top level)"
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
@@ -58,23 +58,40 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{where}: {error.message}"
 
 
+def schema_node(path: str) -> dict:
+    """The sub-schema at a dotted ``path`` ("" for the whole; "*" steps into additionalProperties)."""
+    node = load_schema()
+    for part in filter(None, path.split(".")):
+        node = node["additionalProperties"] if part == "*" else node["properties"][part]
+    return node
+
+
+def validate_node(instance: Any, path: str, where: str, source: str = "workflow config") -> Any:
+    """Validate ``instance`` against the sub-schema at ``path`` in place and fill in its defaults.
+
+    ``where`` is the instance's position in the config (e.g. ``aerial.sources.ma``), used in
+    the messages; raises ConfigError naming every offending key.
+    """
+    schema = schema_node(path)
+    if instance is None and schema.get("type") == "object":
+        instance = {}
+    if schema.get("type") == "object" and not isinstance(instance, dict):
+        raise ConfigError(f"{source}: {where or 'the config'} must be a mapping of keys to values, "
+                          f"got {type(instance).__name__}")
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n  ".join(_describe(e, where) for e in errors)
+        raise ConfigError(f"{source} is invalid:\n  {lines}")
+    return _fill_defaults(schema, instance)
+
+
 def validate_config(config: dict, source: str = "workflow config") -> dict:
     """Validate ``config`` in place, fill in defaults, and return it.
 
     Raises ConfigError naming every offending key.
     """
-    schema = load_schema()
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
-        raise ConfigError(f"{source}: must be a mapping of keys to values, got {type(config).__name__}")
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = "\n  ".join(_describe(e) for e in errors)
-        raise ConfigError(f"{source} is invalid:\n  {lines}")
-    _fill_defaults(schema, config)
-    return config
+    return validate_node(config, "", "", source)
 
 
 def load_config(path: str | Path) -> dict:

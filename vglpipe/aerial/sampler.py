@@ -1,21 +1,14 @@
 """Multi-LOD aerial patches per cell (paper §3.2): n images of P×P px covering d_i = 2^i·d0 m.
 
-Geometry. A patch is a square of side ``d_i = 2^i · P · m_per_px`` metres in the local
-true-north frame of its centre, rotated by a bearing θ (radians, clockwise from true
-north: θ is the compass direction of the patch's "up"), shifted by a metric offset
-(east, north). Local metres map to a COG's projected CRS through pyproj's factors at the
-centre: ``meridian_convergence`` (grid north vs true north, ~-1.39° at Boston in UTM 19N)
-and the meridional / parallel scales (UTM ~0.9996, Web Mercator 1/cos φ). Each LOD is
-read from the COG overview level whose ground resolution is closest to (not coarser
-than) the LOD's m/px — GDAL's warped VRT would not pick overviews itself — and resampled
-bilinearly with OpenCV.
+Geometry (:mod:`vglpipe.aerial.geometry`). A patch is a square of side
+``d_i = 2^i · P · m_per_px`` metres in the local true-north frame of its centre, rotated by a
+bearing θ and shifted by a metric offset. Each LOD is read from the COG overview level whose
+ground resolution is closest to (not coarser than) the LOD's m/px — GDAL's warped VRT would
+not pick overviews itself — and resampled bilinearly with OpenCV.
 
-Reading. JPEG COGs are read raw (tile bytes + OpenCV's libjpeg-turbo, see
-:mod:`vglpipe.aerial.rawtiff`; other COGs through GDAL block reads). Decoded tiles are
-RGBA with the nodata mask as (premultiplied) alpha, kept in an LRU cache keyed by
-(file, level, block); one 4-channel warp resamples colour and mask together, several COGs
-(also in different CRSs) are composited with the premultiplied "over" operator, so COG
-seams are seamless.
+Reading (:mod:`vglpipe.aerial.tiles`). Decoded RGBA tiles (alpha = nodata mask) are kept in
+an LRU cache keyed by (file, level, block); one 4-channel warp resamples colour and mask
+together, and several COGs (also in different CRSs) are composited seamlessly.
 
 Two modes:
 
@@ -38,296 +31,37 @@ from __future__ import annotations
 
 import math
 import os
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pyproj
 import rasterio
 import rasterio.warp
-from rasterio.windows import Window
 
 from vglpipe.aerial.cog import read_index
-from vglpipe.aerial.rawtiff import open_raw
-from vglpipe.errors import InputError, RasterError
+from vglpipe.aerial.geometry import local_frame, local_to_projected, patch_to_projected, transformer, window_of
+from vglpipe.aerial.tiles import CogReader, TileCache, composite, finish
+from vglpipe.errors import InputError
 from vglpipe.geo.sphere import EARTH_RADIUS_M
+from vglpipe.settings import LodSpec
 
 
-@dataclass(frozen=True)
-class LodSpec:
-    patch_px: int = 384
-    m_per_px: float = 0.2
-    n_lods: int = 4
+@dataclass
+class Patches:
+    """The n LOD patches of one cell."""
 
-    def m_per_px_of(self, i: int) -> float:
-        return self.m_per_px * (2**i)
-
-    def side_m(self, i: int) -> float:
-        return self.patch_px * self.m_per_px_of(i)
+    patches: np.ndarray  # (n, P, P, 3) uint8
+    coverage: np.ndarray  # (n,) float32 fraction of valid pixels per LOD
 
 
-# ----------------------------------------------------------------------------- geometry
+@dataclass
+class TrainingPatches(Patches):
+    """A training cell's patches and the random pose they were cut at (paper §3.4)."""
 
-
-def local_frame(crs: str, lat, lon):
-    """Projected centre (x, y), scales (k_east, k_north) and grid-north rotation δ (rad) at (lat, lon).
-
-    δ is the grid bearing of true north, i.e. ``-meridian_convergence`` of pyproj's factors.
-    """
-    tr = _transformer(crs)
-    x, y = tr.transform(lon, lat)
-    f = _proj(crs).get_factors(lon, lat)
-    delta = -np.radians(np.asarray(f.meridian_convergence, dtype=np.float64))
-    return x, y, f.parallel_scale, f.meridional_scale, delta
-
-
-_TRANSFORMERS: dict[str, pyproj.Transformer] = {}
-_PROJS: dict[str, pyproj.Proj] = {}
-
-
-def _transformer(crs: str) -> pyproj.Transformer:
-    if crs not in _TRANSFORMERS:
-        _TRANSFORMERS[crs] = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-    return _TRANSFORMERS[crs]
-
-
-def _proj(crs: str) -> pyproj.Proj:
-    if crs not in _PROJS:
-        _PROJS[crs] = pyproj.Proj(crs)
-    return _PROJS[crs]
-
-
-def local_to_projected(frame, theta: float = 0.0, offset=(0.0, 0.0)) -> np.ndarray:
-    """3×3 affine: local rotated metres (right, up) around the centre -> projected (X, Y)."""
-    x, y, ke, kn, delta = frame
-    c, s = math.cos(theta), math.sin(theta)
-    R = np.array([[c, s, offset[0]], [-s, c, offset[1]], [0, 0, 1.0]])  # (right, up) -> (east, north)
-    cd, sd = math.cos(delta), math.sin(delta)
-    G = np.array([[ke * cd, kn * sd, x], [-ke * sd, kn * cd, y], [0, 0, 1.0]])  # (east, north) -> grid
-    return G @ R
-
-
-def patch_to_projected(frame, lod_m_per_px: float, patch_px: int, theta: float = 0.0, offset=(0.0, 0.0)) -> np.ndarray:
-    """3×3 affine: patch pixel index (col, row) (centre of pixel) -> projected (X, Y)."""
-    s, h = lod_m_per_px, patch_px / 2.0
-    L = np.array([[s, 0, s * (0.5 - h)], [0, -s, s * (h - 0.5)], [0, 0, 1.0]])
-    return local_to_projected(frame, theta, offset) @ L
-
-
-def _aff3(a) -> np.ndarray:
-    return np.array([[a.a, a.b, a.c], [a.d, a.e, a.f], [0, 0, 1.0]])
-
-
-# ----------------------------------------------------------------------------- COG access
-
-
-class _Cog:
-    """One COG: level geometry, and decoded RGBA tiles (alpha = mask) through the shared LRU cache.
-
-    JPEG COGs are read raw (tile bytes + OpenCV decode, :mod:`vglpipe.aerial.rawtiff`);
-    anything else through GDAL block reads.
-    """
-
-    def __init__(self, path: Path, crs: str, lonlat_bounds, block_cache: "_LRU", raw: bool = True):
-        self.path = path
-        self.crs = crs
-        self.lonlat_bounds = lonlat_bounds
-        self._ds: dict[int, rasterio.io.DatasetReader] = {}
-        self._cache = block_cache
-        try:
-            with rasterio.open(path) as src:
-                self.transform = src.transform
-                self.width, self.height = src.width, src.height
-                self.factors = [1] + list(src.overviews(1))
-                bs = src.block_shapes[0]
-                self.block = (bs[0], bs[1])
-                if src.count < 3 or src.dtypes[0] != "uint8":
-                    raise RasterError(f"{path}: expected 8-bit RGB COG, got {src.count}×{src.dtypes[0]}")
-                self._shapes = [(src.height, src.width)] + [
-                    (int(math.ceil(src.height / f)), int(math.ceil(src.width / f))) for f in src.overviews(1)
-                ]
-        except rasterio.errors.RasterioIOError as exc:
-            raise RasterError(f"{path}: cannot open COG: {exc}") from exc
-        self.res = float(abs(self.transform.a))
-        self.raw = open_raw(str(path)) if raw else None
-        if self.raw is not None:
-            ok = len(self.raw.levels) >= len(self.factors) and all(
-                (lv.height, lv.width) == self._shapes[L] and (lv.tile_h, lv.tile_w) == self.block
-                for L, lv in enumerate(self.raw.levels[: len(self.factors)])
-            )
-            if not ok:
-                self.raw.close()
-                self.raw = None
-
-    def level_for(self, m_per_px: float, k: float = 1.0) -> int:
-        """Coarsest level whose ground resolution (projected res / scale factor ``k``) is not coarser than ``m_per_px``."""
-        best = 0
-        for L, f in enumerate(self.factors):
-            if self.res * f / k <= m_per_px * 1.001:
-                best = L
-        return best
-
-    def level_shape(self, L: int) -> tuple[int, int]:
-        return self._shapes[L]
-
-    def level_to_projected(self, L: int) -> np.ndarray:
-        h, w = self.level_shape(L)
-        return _aff3(self.transform) @ np.diag([self.width / w, self.height / h, 1.0])
-
-    def dataset(self, L: int):
-        if L not in self._ds:
-            try:
-                self._ds[L] = rasterio.open(self.path) if L == 0 else rasterio.open(self.path, overview_level=L - 1)
-            except rasterio.errors.RasterioIOError as exc:
-                raise RasterError(f"{self.path}: cannot open overview level {L}: {exc}") from exc
-        return self._ds[L]
-
-    def tile(self, L: int, bi: int, bj: int) -> np.ndarray:
-        """Decoded (bh, bw, 4) RGBA tile (alpha 255 valid, 0 nodata; colour 0 where nodata)."""
-        key = (self.path, L, bi, bj)
-        t = self._cache.get(key)
-        if t is not None:
-            return t
-        if self.raw is not None:
-            t, m = self.raw.tile(L, bi, bj, rgba=True)
-        else:
-            bh, bw = self.block
-            h, w = self.level_shape(L)
-            win = Window(bj * bw, bi * bh, min(bw, w - bj * bw), min(bh, h - bi * bh))
-            ds = self.dataset(L)
-            try:
-                rgb = ds.read((1, 2, 3), window=win)
-                m = ds.read_masks(1, window=win)
-            except rasterio.errors.RasterioError as exc:
-                raise RasterError(f"{self.path}: cannot read level {L} block {bi},{bj}: {exc}") from exc
-            t = np.zeros((bh, bw, 4), np.uint8)
-            t[: m.shape[0], : m.shape[1], :3] = rgb.transpose(1, 2, 0)
-            m_full = np.zeros((bh, bw), np.uint8)
-            m_full[: m.shape[0], : m.shape[1]] = m
-            m = m_full
-            t[..., 3] = m
-        if not m.any():  # all nodata
-            t = np.zeros_like(t)
-        elif m.min() < 255:  # some nodata: alpha = mask, colour 0 there (premultiplied)
-            m = np.where(m > 0, 255, 0).astype(np.uint8)
-            t[..., 3] = m
-            cv2.bitwise_and(t, cv2.merge([m, m, m, m]), dst=t)
-        self._cache.put(key, t, t.nbytes)
-        return t
-
-    def read_rgba(self, L: int, c0: int, r0: int, c1: int, r1: int, footprint: np.ndarray | None = None) -> np.ndarray:
-        """(r1-r0, c1-c0, 4) RGBA window of level L, assembled from (cached) decoded tiles.
-
-        With ``footprint`` (4×2 corners of a convex quad in level pixels), tiles that the quad
-        (grown by 2 px for the bilinear kernel) does not touch are not decoded (left zero).
-        """
-        bh, bw = self.block
-        out = np.empty((r1 - r0, c1 - c0, 4), np.uint8)
-        for bi in range(r0 // bh, (r1 - 1) // bh + 1):
-            for bj in range(c0 // bw, (c1 - 1) // bw + 1):
-                ys, xs = bi * bh, bj * bw
-                a0, a1 = max(r0, ys), min(r1, ys + bh)
-                b0, b1 = max(c0, xs), min(c1, xs + bw)
-                if footprint is not None and not _quad_hits_rect(footprint, xs - 2.0, ys - 2.0, xs + bw + 2.0, ys + bh + 2.0):
-                    out[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = 0
-                    continue
-                t = self.tile(L, bi, bj)
-                out[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = t[a0 - ys : a1 - ys, b0 - xs : b1 - xs]
-        return out
-
-    def close(self):
-        for ds in self._ds.values():
-            ds.close()
-        self._ds.clear()
-        if self.raw is not None:
-            self.raw.close()
-            self.raw = None
-
-
-def _quad_hits_rect(q: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> bool:
-    """Separating-axis test: does the convex quad ``q`` (4×2, in order) intersect the rectangle?"""
-    if q[:, 0].max() < x0 or q[:, 0].min() > x1 or q[:, 1].max() < y0 or q[:, 1].min() > y1:
-        return False
-    rect = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-    for k in range(2):
-        ex, ey = q[k + 1] - q[k]
-        nx, ny = -ey, ex
-        pq = q[:, 0] * nx + q[:, 1] * ny
-        pr = rect[:, 0] * nx + rect[:, 1] * ny
-        if pq.max() < pr.min() or pq.min() > pr.max():
-            return False
-    return True
-
-
-def _composite(dst: np.ndarray, src: np.ndarray, first: bool) -> None:
-    """Premultiplied 'over' of ``src`` under ``dst`` (both (h, w, 4) uint8; ``src`` is clobbered).
-
-    Only the bounding box of what ``dst`` already covers needs the per-pixel weights
-    (255 - alpha_dst)/255; elsewhere ``dst`` is empty (all zero) and a saturating add is a copy.
-    """
-    if first:
-        np.copyto(dst, src)
-        return
-    a = cv2.extractChannel(dst, 3)
-    x, y, w, h = cv2.boundingRect(a)
-    if w and h:
-        inv = cv2.subtract(np.full((h, w), 255, np.uint8), a[y : y + h, x : x + w])
-        sub = src[y : y + h, x : x + w]
-        cv2.multiply(sub, cv2.merge([inv, inv, inv, inv]), dst=sub, scale=1.0 / 255.0)
-    cv2.add(dst, src, dst=dst)
-
-
-def _finish(rgba: np.ndarray) -> np.ndarray:
-    """Un-premultiply partially covered pixels, zero those below half coverage; returns the (h, w) coverage (0/1)."""
-    a = cv2.extractChannel(rgba, 3)
-    if cv2.minMaxLoc(a)[0] == 255:
-        return np.ones(a.shape, np.uint8)
-    valid = cv2.threshold(a, 127, 1, cv2.THRESH_BINARY)[1]
-    pts = cv2.findNonZero(cv2.inRange(a, 1, 254))
-    if pts is not None:
-        pts = pts.reshape(-1, 2)
-        xs, ys = pts[:, 0], pts[:, 1]
-        px = rgba[ys, xs].astype(np.float32)
-        px[:, :3] *= 255.0 / np.maximum(px[:, 3:4], 1.0)
-        px[px[:, 3] < 128] = 0
-        rgba[ys, xs] = np.clip(px, 0, 255).astype(np.uint8)
-    return valid
-
-
-class _LRU:
-    """Decoded tiles by (file, level, row, col), least recently used evicted beyond ``max_bytes``."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self.d: OrderedDict = OrderedDict()
-        self.hits = self.misses = 0
-
-    def get(self, key):
-        v = self.d.get(key)
-        if v is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self.d.move_to_end(key)
-        return v[0]
-
-    def put(self, key, value, nbytes):
-        self.d[key] = (value, nbytes)
-        self.bytes += nbytes
-        while self.bytes > self.max_bytes and len(self.d) > 1:
-            _, (_, nb) = self.d.popitem(last=False)
-            self.bytes -= nb
-
-    def clear(self):
-        self.d.clear()
-        self.bytes = 0
-
-
-# ----------------------------------------------------------------------------- sampler
+    bearing: float  # radians, clockwise from true north
+    offset: tuple[float, float]  # (east, north) metres from the photo
 
 
 @dataclass
@@ -342,9 +76,9 @@ class AerialSampler:
 
     def __init__(self, index_path=None, cogs: list | None = None, spec: LodSpec | None = None,
                  cache_mb: float = 512.0, bin_m: float = 640.0, raw: bool = True):
-        self.spec = spec or LodSpec()
+        self.spec = spec or LodSpec.defaults()
         self.bin_m = float(bin_m)
-        self._cache = _LRU(int(cache_mb * 2**20))
+        self._cache = TileCache(int(cache_mb * 2**20))
         entries = []
         if index_path is not None:
             index_path = Path(index_path)
@@ -363,7 +97,7 @@ class AerialSampler:
         for p, _, _ in entries:
             if not os.path.exists(p):
                 raise InputError(f"{p}: COG listed in {index_path} is missing")
-        self.cogs = [_Cog(p, crs, lb, self._cache, raw=raw) for p, crs, lb in entries]
+        self.cogs = [CogReader(p, crs, lb, self._cache, raw=raw) for p, crs, lb in entries]
         self._lb = np.array([c.lonlat_bounds for c in self.cogs])
 
     def close(self):
@@ -385,7 +119,7 @@ class AerialSampler:
         self.close()
 
     # ------------------------------------------------------------------ candidates
-    def _candidates(self, lat: float, lon: float, radius_m: float) -> list[_Cog]:
+    def _candidates(self, lat: float, lon: float, radius_m: float) -> list[CogReader]:
         dlat = math.degrees(radius_m / EARTH_RADIUS_M)
         dlon = dlat / max(math.cos(math.radians(lat)), 1e-6)
         lb = self._lb
@@ -393,7 +127,7 @@ class AerialSampler:
         return [self.cogs[i] for i in np.flatnonzero(hit)]
 
     # ------------------------------------------------------------------ one cell, any bearing
-    def sample(self, lat: float, lon: float, bearing: float = 0.0, offset=(0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, lat: float, lon: float, bearing: float = 0.0, offset=(0.0, 0.0)) -> Patches:
         """(n, P, P, 3) uint8 patches and (n,) coverage for a patch centre at (lat, lon) + offset, rotated by ``bearing``."""
         sp = self.spec
         P = sp.patch_px
@@ -410,10 +144,10 @@ class AerialSampler:
             first = True
             for cog in cands:
                 M = patch_to_projected(frames[cog.crs], s, P, bearing, offset)
-                L = cog.level_for(s, _k(frames[cog.crs]))
+                L = cog.level_for(s, frames[cog.crs].k)
                 S = np.linalg.inv(cog.level_to_projected(L)) @ M
                 S[:2, 2] -= 0.5  # corner-based -> cv2 centre-based source coordinates
-                win = _window_of(S, P, cog.level_shape(L))
+                win = window_of(S, P, cog.level_shape(L))
                 if win is None:
                     continue
                 c0, r0, c1, r1 = win
@@ -423,23 +157,21 @@ class AerialSampler:
                 S[1, 2] -= r0
                 cv2.warpAffine(rgba, S[:2], (P, P), dst=tmp, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-                _composite(acc, tmp, first)
+                composite(acc, tmp, first)
                 first = False
                 if acc[..., 3].min() == 255:
                     break
-            valid = _finish(acc)
+            valid = finish(acc)
             cov[i] = cv2.countNonZero(valid) / float(P * P)
             cv2.cvtColor(acc, cv2.COLOR_RGBA2RGB, dst=out[i])
-        return out, cov
+        return Patches(out, cov)
 
-    def sample_training(self, lat: float, lon: float, rng: np.random.Generator, cell_m: float = 30.0,
-                        gnss_margin_m: float = 5.0):
-        """Paper §3.4: random θ ∈ [0, 2π) and offset t ∈ [-t_max, t_max]², t_max = 0.5·l - l_Δ."""
-        t_max = max(0.5 * cell_m - gnss_margin_m, 0.0)
+    def sample_training(self, lat: float, lon: float, rng: np.random.Generator, t_max_m: float) -> TrainingPatches:
+        """Paper §3.4: random θ ∈ [0, 2π) and offset t ∈ [-t_max, t_max]² (t_max: Settings.t_max_m)."""
         theta = float(rng.uniform(0.0, 2 * math.pi))
-        off = tuple(float(v) for v in rng.uniform(-t_max, t_max, 2))
-        patches, cov = self.sample(lat, lon, theta, off)
-        return patches, cov, theta, off
+        off = tuple(float(v) for v in rng.uniform(-t_max_m, t_max_m, 2))
+        p = self.sample(lat, lon, theta, off)
+        return TrainingPatches(p.patches, p.coverage, theta, off)
 
     # ------------------------------------------------------------------ many cells, north-aligned
     def sample_cells(self, lat, lon, batch_cells: int = 64, out: np.ndarray | None = None) -> Iterator[CellPatches]:
@@ -505,7 +237,7 @@ class AerialSampler:
         # same linearisation that maps the canvas to the COGs
         crs0 = cands[0].crs if cands else "EPSG:4326"
         if cands:
-            X, Y = _transformer(crs0).transform(lon, lat)
+            X, Y = transformer(crs0).transform(lon, lat)
             G = local_to_projected(frames[crs0])
             en = np.linalg.solve(G[:2, :2], np.stack([np.asarray(X) - G[0, 2], np.asarray(Y) - G[1, 2]]))
             e, n = en[0], en[1]
@@ -524,7 +256,7 @@ class AerialSampler:
             canvas = np.zeros((H, W, 4), np.uint8)
             for cog in cands:
                 M = local_to_projected(frames[cog.crs]) @ Lc
-                L = cog.level_for(s, _k(frames[cog.crs]))
+                L = cog.level_for(s, frames[cog.crs].k)
                 S = np.linalg.inv(cog.level_to_projected(L)) @ M
                 S[:2, 2] -= 0.5
                 # the part of the canvas this COG can reach
@@ -538,7 +270,7 @@ class AerialSampler:
                 if x1 <= x0 or y1 <= y0:
                     continue
                 S_roi = S @ np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1.0]])
-                win = _window_of(S_roi, (x1 - x0, y1 - y0), (lh, lw))
+                win = window_of(S_roi, (x1 - x0, y1 - y0), (lh, lw))
                 if win is None:
                     continue
                 c0, r0, c1, r1 = win
@@ -547,8 +279,8 @@ class AerialSampler:
                 S_roi[1, 2] -= r0
                 tmp = cv2.warpAffine(rgba, S_roi[:2], (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-                _composite(canvas[y0:y1, x0:x1], tmp, first=False)
-            valid = _finish(canvas)
+                composite(canvas[y0:y1, x0:x1], tmp, first=False)
+            valid = finish(canvas)
             rgb = cv2.cvtColor(canvas, cv2.COLOR_RGBA2RGB)
             del canvas
             # each cell's patch: top-left canvas index (cell centres rounded to the canvas grid)
@@ -561,24 +293,3 @@ class AerialSampler:
             cuts.append(np.stack([cc, rr], 1))
         return canvases, cuts, cov
 
-
-def _k(frame) -> float:
-    return float(math.sqrt(float(frame[2]) * float(frame[3])))
-
-
-def _window_of(S: np.ndarray, dst_size, level_shape) -> tuple[int, int, int, int] | None:
-    """Source window (c0, r0, c1, r1) covering the destination's footprint, clipped to the level."""
-    if isinstance(dst_size, int):
-        W = H = dst_size
-    else:
-        W, H = dst_size
-    corners = np.array([[0, 0, 1], [W - 1, 0, 1], [0, H - 1, 1], [W - 1, H - 1, 1]], float).T
-    src = S[:2] @ corners
-    h, w = level_shape
-    c0 = max(int(math.floor(src[0].min())) - 2, 0)
-    r0 = max(int(math.floor(src[1].min())) - 2, 0)
-    c1 = min(int(math.ceil(src[0].max())) + 3, w)
-    r1 = min(int(math.ceil(src[1].max())) + 3, h)
-    if c1 <= c0 or r1 <= r0:
-        return None
-    return c0, r0, c1, r1

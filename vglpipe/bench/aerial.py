@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _setup(wd: str, world_m: float, seed: int, blocksize: int, lat0: float, lon0: float) -> None:
     from vglpipe.aerial.cog import CogOptions, build_cogs, build_index
-    from vglpipe.sources.synthetic import make_world, write_world
+    from vglpipe.demo.world import make_world, write_world
 
     wd = Path(wd)
     world = make_world(seed, lat0, lon0, world_m)
@@ -48,7 +48,8 @@ def _setup(wd: str, world_m: float, seed: int, blocksize: int, lat0: float, lon0
 
 
 def run(args: argparse.Namespace) -> dict:
-    from vglpipe.aerial.sampler import AerialSampler, LodSpec
+    from vglpipe.aerial.sampler import AerialSampler
+    from vglpipe.settings import LodSpec
     from vglpipe.geo.layout import make_layout
     from vglpipe.geo.sphere import EARTH_RADIUS_M
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> dict:
     print(f"setup: world {args.world_m:.0f} m + COGs ({args.blocksize} px blocks) in "
           f"{time.perf_counter() - t0:.1f} s ({wd})")
 
-    spec = LodSpec()
+    spec = LodSpec.defaults()
     inner = args.world_m / 2 - spec.side_m(spec.n_lods - 1) / 2 - 15.0
     if inner <= 0:
         raise SystemExit(f"--world-m {args.world_m} too small for LOD {spec.n_lods - 1}")
@@ -100,13 +101,13 @@ def run(args: argparse.Namespace) -> dict:
         for _ in range(args.train_samples):
             s.clear_cache()  # cold: no decoded block survives from the previous sample
             k = int(rng.integers(lat.size))
-            s.sample_training(lat[k], lon[k], rng, cell_m=30.0)
+            s.sample_training(lat[k], lon[k], rng, t_max_m=10.0)
         dt_train = time.perf_counter() - t
         # warm cache: the same number of samples without clearing
         t = time.perf_counter()
         for _ in range(args.train_samples):
             k = int(rng.integers(lat.size))
-            s.sample_training(lat[k], lon[k], rng, cell_m=30.0)
+            s.sample_training(lat[k], lon[k], rng, t_max_m=10.0)
         dt_warm = time.perf_counter() - t
     train_rate = args.train_samples / dt_train
     warm_rate = args.train_samples / dt_warm

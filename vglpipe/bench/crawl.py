@@ -32,18 +32,21 @@ import numpy as np
 import psutil
 import shapely
 
-from vglpipe.crawl import start_fake_process, stop_process
-from vglpipe.sources.fakes.mapillary_server import make_random_source
-from vglpipe.sources.mapillary import CrawlConfig, Token, crawl, process_thumbnail
+from vglpipe.demo.fake_mapillary import make_random_source
+from vglpipe.demo.serve import start_fake_mapillary, stop_process
+from vglpipe.settings import CrawlSettings
+from vglpipe.sources.mapillary import Token, crawl, process_thumbnail
+
+DEFAULTS = CrawlSettings.defaults()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=24000, help="images served (default 24000)")
     parser.add_argument("--boxes", type=int, default=1600, help="search boxes of 0.01° (default 1600)")
     parser.add_argument("--latency-ms", type=float, default=100.0)
-    parser.add_argument("--search-per-minute", type=float, default=CrawlConfig.search_per_minute)
-    parser.add_argument("--entity-per-minute", type=float, default=CrawlConfig.entity_per_minute)
-    parser.add_argument("--concurrency", type=int, default=CrawlConfig.concurrency)
+    parser.add_argument("--search-per-minute", type=float, default=DEFAULTS.search_per_minute)
+    parser.add_argument("--entity-per-minute", type=float, default=DEFAULTS.entity_per_minute)
+    parser.add_argument("--concurrency", type=int, default=DEFAULTS.concurrency)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
 
@@ -78,17 +81,16 @@ def run(args: argparse.Namespace) -> dict:
                            pano_fraction=0.0, grey_fraction=0.0, hostile=False, noise=0)
         token = Token("MLY|bench|" + "0" * 32)
         (tmp / "token").write_text(token.value)
-        proc, url = start_fake_process(tmp / "src", tmp / "token", tmp / "url", latency_ms=args.latency_ms)
+        proc, url = start_fake_mapillary(tmp / "src", tmp / "token", tmp / "url", latency_ms=args.latency_ms)
         server = psutil.Process(proc.pid)
         try:
-            cfg = CrawlConfig(base_url=url, search_per_minute=args.search_per_minute,
-                              entity_per_minute=args.entity_per_minute, concurrency=args.concurrency,
-                              progress=False)
+            cfg = DEFAULTS.replace(base_url=url, search_per_minute=args.search_per_minute,
+                                   entity_per_minute=args.entity_per_minute, concurrency=args.concurrency)
             region = shapely.box(*bounds)
             # the crawler (event loop + image threads) is this process; the fake is a child
             c0, s0, w0 = _cpu(resource.RUSAGE_SELF), sum(server.cpu_times()[:2]), time.perf_counter()
             t0 = time.thread_time()  # crawl() runs its event loop in this thread
-            result = crawl(region, tmp / "out", token, cfg)
+            result = crawl(region, tmp / "out", token, cfg, progress=False)
             loop_cpu = time.thread_time() - t0
             wall = time.perf_counter() - w0
             cpu = _cpu(resource.RUSAGE_SELF) - c0

@@ -13,9 +13,6 @@ from shapely.geometry.base import BaseGeometry
 from vglpipe.errors import RegionError
 from vglpipe.store.atomic import atomic_write_text
 
-BUILTIN_PREFIX = "builtin:"
-
-
 def _geometries(obj: dict, path: Path) -> list[BaseGeometry]:
     kind = obj.get("type") if isinstance(obj, dict) else None
     if kind == "FeatureCollection":
@@ -52,15 +49,6 @@ def load_boundary(path: str | os.PathLike) -> BaseGeometry:
             f"{path}: coordinates out of lon/lat range {geom.bounds}; GeoJSON must be WGS84 lon/lat"
         )
     return geom
-
-
-def resolve_boundary(source: str) -> BaseGeometry:
-    """A boundary from config: 'builtin:<demo region>' or a GeoJSON path."""
-    if source.startswith(BUILTIN_PREFIX):
-        from vglpipe.sources.demo import demo_region
-
-        return demo_region(source[len(BUILTIN_PREFIX) :]).boundary()
-    return load_boundary(source)
 
 
 def write_boundary(geom: BaseGeometry, path: str | os.PathLike, name: str) -> None:

@@ -12,7 +12,7 @@
   CRS (as MassGIS ships it; read with pyogrio and reprojected to lon/lat), with the
   attributes ``TILENAME`` and ``URL``.
 
-The state/provider is described in config (:class:`SourceConfig`), not in code.
+The state/provider is described in config (:class:`vglpipe.settings.SourceSettings`), not in code.
 
 Every download is resumable — a finished tile (file present) is never fetched again;
 stale temporaries of a killed run are removed — retried with exponential backoff and
@@ -50,7 +50,8 @@ from shapely.geometry import shape
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from tqdm import tqdm
 
-from vglpipe.errors import AuthError, ConfigError, SourceError
+from vglpipe.errors import AuthError, SourceError
+from vglpipe.settings import SourceSettings
 from vglpipe.store.atomic import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -58,48 +59,6 @@ log = logging.getLogger(__name__)
 WEB_MERCATOR = "EPSG:3857"
 BLANK_SUFFIX = ".blank"
 MISSING_SUFFIX = ".missing"
-
-
-@dataclass
-class SourceConfig:
-    """How to fetch one region's orthophotos (the ``aerial.sources.<region>`` config entry)."""
-
-    protocol: str  # wms | xyz | bulk
-    url: str  # wms: endpoint; xyz: template with {z} {x} {y}; bulk: index GeoJSON URL
-    layer: str = ""  # wms LAYERS
-    crs: str = "EPSG:32619"  # wms request CRS
-    format: str = "image/png"  # wms FORMAT (image/png | image/jpeg)
-    m_per_px: float = 0.2  # wms request resolution
-    chip_px: int = 1024  # wms chip size
-    zoom: int = 19  # xyz zoom
-    tile_px: int = 256  # xyz tile size
-    acquired: str = ""  # acquisition date, copied into the index
-    concurrency: int = 4
-    retries: int = 8  # attempts per request
-    timeout_s: float = 60.0
-    backoff_s: float = 0.5
-    backoff_max_s: float = 30.0
-    retry_after_max_s: float = 120.0
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "source") -> SourceConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} (known: {sorted(names)})")
-        for k in ("protocol", "url"):
-            if not d.get(k):
-                raise ConfigError(f"{where}.{k} is required")
-        cfg = cls(**d)
-        if cfg.protocol not in ("wms", "xyz", "bulk"):
-            raise ConfigError(f"{where}.protocol must be wms, xyz or bulk, got {cfg.protocol!r}")
-        if cfg.protocol == "xyz" and not all(t in cfg.url for t in ("{z}", "{x}", "{y}")):
-            raise ConfigError(f"{where}.url must contain {{z}}, {{x}} and {{y}} for xyz, got {cfg.url!r}")
-        if cfg.protocol == "wms" and not cfg.layer:
-            raise ConfigError(f"{where}.layer is required for wms")
-        if cfg.concurrency < 1 or cfg.retries < 1:
-            raise ConfigError(f"{where}: concurrency and retries must be >= 1")
-        return cfg
 
 
 @dataclass
@@ -164,7 +123,7 @@ def _to_crs(geom_lonlat, crs: str):
     return _reproject(tr, geom_lonlat.segmentize(0.001))
 
 
-def plan_wms(cfg: SourceConfig, area_lonlat) -> list[Job]:
+def plan_wms(cfg: SourceSettings, area_lonlat) -> list[Job]:
     area = _to_crs(area_lonlat, cfg.crs)
     span = cfg.chip_px * cfg.m_per_px
     minx, miny, maxx, maxy = area.bounds
@@ -192,7 +151,7 @@ def _fmt(v: float) -> str:
     return f"{v:.6f}".rstrip("0").rstrip(".")
 
 
-def plan_xyz(cfg: SourceConfig, area_lonlat) -> list[Job]:
+def plan_xyz(cfg: SourceSettings, area_lonlat) -> list[Job]:
     w, s, e, n = area_lonlat.bounds
     jobs = []
     for t in mercantile.tiles(w, s, e, n, cfg.zoom):
@@ -244,12 +203,12 @@ def _done(out_dir: Path, job: Job) -> bool:
     return any((out_dir / (job.name + suf)).exists() for suf in ("", BLANK_SUFFIX, MISSING_SUFFIX))
 
 
-def download(cfg: SourceConfig, area_lonlat, out_dir, progress: bool = True) -> DownloadReport:
+def download(cfg: SourceSettings, area_lonlat, out_dir, progress: bool = True) -> DownloadReport:
     """Fetch everything ``cfg`` provides over ``area_lonlat`` into ``out_dir`` (resumable)."""
     return asyncio.run(_download(cfg, area_lonlat, Path(out_dir), progress))
 
 
-async def _download(cfg: SourceConfig, area_lonlat, out_dir: Path, progress: bool) -> DownloadReport:
+async def _download(cfg: SourceSettings, area_lonlat, out_dir: Path, progress: bool) -> DownloadReport:
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = _clean_stale(out_dir)
     if stale:
@@ -307,7 +266,7 @@ async def _download(cfg: SourceConfig, area_lonlat, out_dir: Path, progress: boo
     return rep
 
 
-async def _fetch_job(session, cfg: SourceConfig, job: Job, out_dir: Path, rep: DownloadReport):
+async def _fetch_job(session, cfg: SourceSettings, job: Job, out_dir: Path, rep: DownloadReport):
     target = out_dir / job.name
     if job.kind == "file":
         try:
@@ -441,7 +400,7 @@ def _validate_raster_file(body: bytes, ctype: str):
         raise _Retryable(f"bulk tile does not decode ({len(body)} bytes): {exc}", reason="undecodable") from exc
 
 
-def _retry_wait(cfg: SourceConfig):
+def _retry_wait(cfg: SourceSettings):
     def wait(state) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _Retryable) and exc.retry_after is not None:
@@ -456,7 +415,7 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (_Retryable, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError))
 
 
-async def _fetch(session, cfg: SourceConfig, url: str, rep: DownloadReport, validate) -> bytes:
+async def _fetch(session, cfg: SourceSettings, url: str, rep: DownloadReport, validate) -> bytes:
     """GET ``url`` with retries; ``validate(body, content_type)`` raises _Retryable/SourceError."""
 
     def before_sleep(state):

@@ -44,7 +44,7 @@ import rasterio
 from rasterio.io import MemoryFile
 from rasterio.warp import Resampling, reproject, transform_geom
 
-from vglpipe.sources.synthetic import World, read_world
+from vglpipe.demo.world import World, read_world
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +431,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def main(argv=None) -> int:
     from vglpipe.cli import run
 
-    p = argparse.ArgumentParser(prog="python -m vglpipe.sources.fakes.orthophoto_server", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m vglpipe.demo.fake_orthophotos", description=__doc__.split("\n")[0])
     p.add_argument("--color", required=True)
     p.add_argument("--height", required=True)
     p.add_argument("--port", type=int, default=0)

@@ -1,6 +1,6 @@
 """A faithful local fake of the Mapillary Graph API v4, over real HTTP on 127.0.0.1.
 
-It serves a *source* directory (the synthetic street-view world, see :mod:`vglpipe.render`)
+It serves a *source* directory (the synthetic street-view world, see :mod:`vglpipe.demo.photos`)
 in the real JSON shapes:
 
 * ``GET /images?bbox=minLon,minLat,maxLon,maxLat&fields=…&limit=N`` → ``{"data": [...]}``;
@@ -23,7 +23,7 @@ ground-truth columns, which are never served) and tar shards as in :mod:`vglpipe
 
 CLI (used by the demo workflow and the benchmark; the URL is written to ``--url-file``)::
 
-    python -m vglpipe.sources.fakes.mapillary_server --source DIR --token-file F --url-file U
+    python -m vglpipe.demo.fake_mapillary --source DIR --token-file F --url-file U
 """
 
 from __future__ import annotations
@@ -474,7 +474,7 @@ def load_source(source_dir: str | os.PathLike, token: str, **kwargs) -> FakeMapi
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vglpipe.sources.fakes.mapillary_server", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m vglpipe.demo.fake_mapillary", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", required=True, help="source directory (source.parquet + shards)")
     p.add_argument("--token-file", required=True, help="file holding the token the fake accepts")

@@ -1,9 +1,9 @@
-"""The built-in demo world: two small regions near Boston, one to train on, one to test on.
+"""Demo regions' boundaries: a notched square with a pond around a centre (config ``demo.regions``).
 
-As the paper trains on other states and tests on Massachusetts, the demo trains on
+As the paper trains on other states and tests on Massachusetts, the shipped demo trains on
 ``demo-train`` and tests on ``demo-test``; each is a synthetic world drawn from its own
-seed (see ``vglpipe.sources.synthetic``). Boundaries are non-convex and have a hole
-(a pond), so the same polygon code paths run as for a real state.
+seed (see :mod:`vglpipe.demo.world`). Boundaries are non-convex and have a hole (a pond),
+so the same polygon code paths run as for a real state.
 """
 
 from __future__ import annotations
@@ -14,17 +14,16 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
-from vglpipe.errors import RegionError
 from vglpipe.geo.sphere import offset_m
 
 
 @dataclass(frozen=True)
 class DemoRegion:
-    name: str
-    seed: int
+    """The square of side ``size_m`` around a centre that bounds a demo region's polygon."""
+
     center_lat: float
     center_lon: float
-    size_m: float  # side of the square that bounds the region polygon
+    size_m: float
 
     def boundary(self) -> Polygon:
         """A non-convex polygon with a hole, inside the ``size_m`` square around the centre."""
@@ -39,23 +38,6 @@ class DemoRegion:
         east, north = np.asarray(pts, dtype=np.float64).T
         lat, lon = offset_m(self.center_lat, self.center_lon, east, north)
         return [(float(x), float(y)) for x, y in zip(lon, lat)]
-
-DEMO_REGIONS: dict[str, DemoRegion] = {
-    r.name: r
-    for r in (
-        DemoRegion("demo-train", seed=1, center_lat=42.4500, center_lon=-71.2300, size_m=800.0),
-        DemoRegion("demo-test", seed=2, center_lat=42.3600, center_lon=-71.0600, size_m=800.0),
-    )
-}
-
-
-def demo_region(name: str) -> DemoRegion:
-    try:
-        return DEMO_REGIONS[name]
-    except KeyError:
-        raise RegionError(
-            f"unknown built-in region {name!r} (built-in: {', '.join(DEMO_REGIONS)})"
-        ) from None
 
 
 def photo_positions(

@@ -23,10 +23,11 @@ import shapely
 
 from vglpipe.errors import InputError
 from vglpipe.geo.sphere import offset_m
-from vglpipe.render.streetview import Camera, HeightField, render
-from vglpipe.sources.fakes.mapillary_server import write_source
+from vglpipe.demo.fake_mapillary import write_source
+from vglpipe.demo.streetview import Camera, HeightField, render
+from vglpipe.demo.world import ROAD, WATER
 
-log = logging.getLogger("vglpipe.render")
+log = logging.getLogger("vglpipe.demo")
 
 # (make, model, camera_type, weight)
 DEVICES = [
@@ -63,10 +64,8 @@ class RenderSettings:
 
 def road_mask(world) -> np.ndarray:
     """Road pixels: the class map if the world has one, else grey low-lying asphalt by colour."""
-    from vglpipe.sources import synthetic
-
     if world.classes is not None:
-        return world.classes == synthetic.ROAD
+        return world.classes == ROAD
     c = world.color.astype(np.int16)
     grey = (np.abs(c[..., 0] - c[..., 1]) < 10) & (np.abs(c[..., 1] - c[..., 2]) < 12)
     v = c.mean(axis=2)
@@ -101,9 +100,7 @@ def render_source(world, region, out_dir: str | os.PathLike, settings: RenderSet
     roads = road_mask(world)
     open_ground = (world.height < 0.3) & ~roads
     if world.classes is not None:
-        from vglpipe.sources import synthetic
-
-        open_ground &= world.classes != synthetic.WATER
+        open_ground &= world.classes != WATER
     kind = rng.choice(3, size=s.n, p=[(1 - s.outside) * s.on_road, (1 - s.outside) * (1 - s.on_road), s.outside])
     pix = np.empty(s.n, np.int64)
     for k, mask in enumerate([roads & inside, open_ground & inside, (roads | open_ground) & ~inside]):

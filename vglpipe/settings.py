@@ -1,0 +1,575 @@
+"""Settings: the validated workflow configuration as frozen, typed objects.
+
+The schema (``schemas/config.schema.yaml``) is the only place that holds a default and a
+description. Here a validated config becomes frozen dataclasses whose fields mirror the
+schema's keys (``tests/test_settings.py`` keeps the two in step), and every derived value
+(t_max, the download margin, LOD sizes, shard bytes) is computed once, in :class:`Settings`.
+
+Each stage reads one *stage bundle* (e.g. :class:`DownloadStage`): exactly the values the
+stage uses, derived ones included. The workflow passes a bundle to the stage as JSON
+(``--settings``) and lists it in the rule's ``params``, so Snakemake reruns a stage when,
+and only when, one of its values changes. Run by hand, a stage builds the same bundle from a
+config file (``--config workflow_config.yaml``) through the same :class:`Settings` method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from vglpipe.config import load_config, validate_config, validate_node
+from vglpipe.errors import ConfigError
+from vglpipe.geo.layout import Layout, make_layout
+
+T = TypeVar("T")
+
+#: Demo regions' boundaries are drawn by the demo (rules/demo.smk) at this path.
+DEMO_BOUNDARY = "resources/demo/{region}/boundary.geojson"
+#: Prefix of the urls that the demo's fake servers replace with their loopback address.
+FAKE_URL_PREFIX = "fake:/"
+
+
+# ----------------------------------------------------------------------------- (de)serialisation
+
+
+def _merge(base: Mapping, overrides: Mapping) -> dict:
+    """``base`` with ``overrides`` merged in, recursively (mappings merge, other values replace)."""
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    """``value`` (plain JSON data) as an instance of the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp) if f.init}
+        unknown = set(value) - names
+        missing = names - set(value)
+        if unknown or missing:
+            raise ConfigError(f"{where}: {tp.__name__} expects keys {sorted(names)}; "
+                              f"unknown {sorted(unknown)}, missing {sorted(missing)}")
+        return tp(**{k: _build(hints[k], value[k], f"{where}.{k}") for k in names})
+    if origin in (dict, Mapping):
+        _, vt = typing.get_args(tp)
+        return types.MappingProxyType({str(k): _build(vt, v, f"{where}.{k}") for k, v in value.items()})
+    if origin is tuple:
+        args = typing.get_args(tp)
+        inner = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        return tuple(_build(inner, v, where) if inner else v for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any) -> str:
+    """A settings object as compact, canonical JSON (what the workflow passes as ``--settings``)."""
+    return json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"))
+
+
+def from_json(cls: type[T], text: str) -> T:
+    """Inverse of :func:`to_json`."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--settings is not valid JSON: {exc}") from None
+    return _build(cls, data, cls.__name__)
+
+
+class Section:
+    """A frozen dataclass mirroring one object of the schema (``SCHEMA``: its dotted path,
+    ``*`` for the values of a mapping); its fields are exactly the schema's keys."""
+
+    SCHEMA: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping | None, where: str | None = None) -> T:
+        """Validate ``data`` against the section's schema, fill in its defaults, build."""
+        where = where or cls.SCHEMA.replace(".*", "")
+        checked = validate_node(json.loads(json.dumps(dict(data or {}))), cls.SCHEMA, where)
+        return _build(cls, checked, where)
+
+    @classmethod
+    def defaults(cls: type[T], **overrides: Any) -> T:
+        """The schema's defaults, with ``overrides`` (handy in tests and benchmarks)."""
+        return cls.from_dict(overrides)
+
+    def replace(self: T, **changes: Any) -> T:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class LayoutSettings(Section):
+    """Division of the earth into cells (paper §3.1, S3)."""
+
+    SCHEMA: ClassVar[str] = "layout"
+    kind: str
+    earth_radius_m: float
+    train_cell_m: float
+    test_cell_m: float
+    mercator_reference_lat: float
+
+    def layout(self, cell_m: float) -> Layout:
+        return make_layout(self.kind, cell_m, self.earth_radius_m, self.mercator_reference_lat)
+
+    def train_layout(self) -> Layout:
+        """The 5 m training buckets (paper §3.4)."""
+        return self.layout(self.train_cell_m)
+
+    def test_layout(self) -> Layout:
+        """The search-region cells that get an embedding (paper §4.3)."""
+        return self.layout(self.test_cell_m)
+
+    @property
+    def test_cell_tag(self) -> str:
+        """'30' for 30.0, '2.5' for 2.5: the <l> in cells_<l>m.parquet."""
+        return f"{self.test_cell_m:g}"
+
+
+@dataclass(frozen=True)
+class CrawlSettings(Section):
+    """The Mapillary crawler (``vglpipe.sources.mapillary``)."""
+
+    SCHEMA: ClassVar[str] = "crawl"
+    base_url: str
+    search_per_minute: float
+    entity_per_minute: float
+    concurrency: int
+    threads: int
+    search_concurrency: int
+    max_box_deg: float
+    min_box_deg: float
+    search_limit: int
+    split_fraction: float
+    retries: int
+    backoff_s: float
+    backoff_max_s: float
+    connections: int
+    thumb_field: str
+    commit_interval_s: float
+    timeout_s: float
+    shard_mb: float
+    jpeg_quality: int
+    max_failed_fraction: float
+
+    @property
+    def shard_bytes(self) -> int:
+        return int(self.shard_mb * 2**20)
+
+
+@dataclass(frozen=True)
+class LodSpec(Section):
+    """The n aerial images of a cell (paper §3.2): P×P px, LOD i at 2^i · m_per_px metres per pixel."""
+
+    SCHEMA: ClassVar[str] = "aerial"
+    patch_px: int
+    m_per_px: float
+    n_lods: int
+
+    @classmethod
+    def from_dict(cls, data: Mapping | None, where: str | None = None) -> LodSpec:
+        full = validate_node({k: v for k, v in dict(data or {}).items() if k in ("patch_px", "m_per_px", "n_lods")},
+                             "aerial", where or "aerial")
+        return cls(patch_px=full["patch_px"], m_per_px=float(full["m_per_px"]), n_lods=full["n_lods"])
+
+    def m_per_px_of(self, i: int) -> float:
+        return self.m_per_px * (2**i)
+
+    def side_m(self, i: int) -> float:
+        """Metric side d_i = 2^i · d0 of LOD i (equation 1)."""
+        return self.patch_px * self.m_per_px_of(i)
+
+    @property
+    def reach_m(self) -> float:
+        """Half-diagonal of the coarsest LOD: how far it reaches from the cell centre at any bearing."""
+        return self.side_m(self.n_lods - 1) * math.sqrt(2) / 2
+
+
+@dataclass(frozen=True)
+class CogSettings(Section):
+    SCHEMA: ClassVar[str] = "aerial.cog"
+    tile_px: int
+    blocksize: int
+    compress: str
+    quality: int
+    min_overviews: int
+
+
+@dataclass(frozen=True)
+class SourceSettings(Section):
+    """How one region's orthophotos are fetched (an ``aerial.sources.<region>`` entry)."""
+
+    SCHEMA: ClassVar[str] = "aerial.sources.*"
+    protocol: str
+    url: str
+    layer: str
+    crs: str
+    format: str
+    m_per_px: float
+    chip_px: int
+    zoom: int
+    tile_px: int
+    acquired: str
+    concurrency: int
+    retries: int
+    timeout_s: float
+    backoff_s: float
+    backoff_max_s: float
+    retry_after_max_s: float
+
+    @classmethod
+    def from_dict(cls, data: Mapping | None, where: str | None = None) -> SourceSettings:
+        src = super().from_dict(data, where)
+        where = where or "aerial.sources"
+        if src.protocol == "xyz" and not all(t in src.url for t in ("{z}", "{x}", "{y}")):
+            raise ConfigError(f"{where}.url must contain {{z}}, {{x}} and {{y}} for xyz, got {src.url!r}")
+        if src.protocol == "wms" and not src.layer:
+            raise ConfigError(f"{where}.layer is required for wms")
+        return src
+
+
+@dataclass(frozen=True)
+class ModelSettings(Section):
+    """Which registered model (vglpipe.model) an experiment trains, and from which weights."""
+
+    SCHEMA: ClassVar[str] = "model"
+    name: str
+    args: Mapping[str, Any]
+    pretrained: bool
+    pretrained_file: str
+
+
+@dataclass(frozen=True)
+class JitterSettings(Section):
+    SCHEMA: ClassVar[str] = "train.jitter"
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+
+
+@dataclass(frozen=True)
+class MiningSettings(Section):
+    SCHEMA: ClassVar[str] = "train.mining"
+    enabled: bool
+    first_scan_batches: int
+    raise_factor: float
+    raise_after_samples: int
+    max_scan_batches: int
+
+
+@dataclass(frozen=True)
+class TrainSettings(Section):
+    SCHEMA: ClassVar[str] = "train"
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    lr_final_factor: float
+    weight_decay: float
+    grad_clip_norm: float
+    label_smoothing: float
+    mask_m: float
+    gnss_margin_m: float
+    jitter: JitterSettings
+    mining: MiningSettings
+    seed: int
+    workers: int
+    checkpoint_every: int
+    log_every: int
+    precision: str
+
+
+@dataclass(frozen=True)
+class OrthophotoServerSettings(Section):
+    SCHEMA: ClassVar[str] = "demo.regions.*.orthophoto_server"
+    tile_format: str
+    bulk_tile_m: float
+    bulk_format: str
+    alt_crs: str
+    alt_crs_west_fraction: float
+    fault_rate: float
+    seed: int
+    delay_s: float
+
+
+@dataclass(frozen=True)
+class DemoRegionSettings(Section):
+    SCHEMA: ClassVar[str] = "demo.regions.*"
+    seed: int
+    center_lat: float
+    center_lon: float
+    size_m: float
+    photos: int
+    orthophoto_server: OrthophotoServerSettings
+
+
+@dataclass(frozen=True)
+class StreetviewSettings(Section):
+    SCHEMA: ClassVar[str] = "demo.streetview"
+    seed: int
+    fault_rate: float
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class DemoSettings(Section):
+    SCHEMA: ClassVar[str] = "demo"
+    regions: Mapping[str, DemoRegionSettings]
+    world_m_per_px: float
+    streetview: StreetviewSettings
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment's effective settings: the global sections with its overrides merged in."""
+
+    name: str
+    description: str
+    model: ModelSettings
+    train: TrainSettings
+    lods: LodSpec
+    t_max_m: float  # derived: 0.5 · test_cell_m − train.gnss_margin_m
+
+
+# ----------------------------------------------------------------------------- stage bundles
+
+
+@dataclass(frozen=True)
+class CellsStage:
+    layout: LayoutSettings
+
+
+@dataclass(frozen=True)
+class CrawlStage:
+    crawl: CrawlSettings
+
+
+@dataclass(frozen=True)
+class DownloadStage:
+    source: SourceSettings
+    margin_m: float  # derived: Settings.download_margin_m
+
+
+@dataclass(frozen=True)
+class TileStage:
+    cog: CogSettings
+    protocol: str
+    acquired: str
+
+
+@dataclass(frozen=True)
+class DemoBoundaryStage:
+    center_lat: float
+    center_lon: float
+    size_m: float
+
+
+@dataclass(frozen=True)
+class DemoWorldStage:
+    seed: int
+    center_lat: float
+    center_lon: float
+    size_m: float
+    m_per_px: float
+    margin_m: float  # derived: the world covers what the orthophoto stage downloads
+
+
+@dataclass(frozen=True)
+class DemoStreetviewStage:
+    photos: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class FakeMapillaryStage:
+    fault_rate: float
+    latency_ms: float
+
+
+# ----------------------------------------------------------------------------- the whole config
+
+
+class Settings:
+    """A validated workflow config: typed sections, derived values, and the stage bundles."""
+
+    def __init__(self, config: Mapping, source: str = "workflow config"):
+        self.config = validate_config(json.loads(json.dumps(dict(config))), source)
+        self.source = source
+
+    @classmethod
+    def load(cls, path: str | Path) -> Settings:
+        path = Path(path)
+        return cls(load_config(path), source=str(path))
+
+    # ---- sections
+    @cached_property
+    def layout(self) -> LayoutSettings:
+        return LayoutSettings.from_dict(self.config["layout"])
+
+    @cached_property
+    def crawl(self) -> CrawlSettings:
+        return CrawlSettings.from_dict(self.config["crawl"])
+
+    @cached_property
+    def lods(self) -> LodSpec:
+        return LodSpec.from_dict(self.config["aerial"])
+
+    @cached_property
+    def cog(self) -> CogSettings:
+        return CogSettings.from_dict(self.config["aerial"]["cog"])
+
+    @property
+    def experiments(self) -> list[str]:
+        return sorted(self.config["experiments"])
+
+    def experiment(self, name: str) -> Experiment:
+        """The experiment's effective settings (global sections + its overrides, validated)."""
+        if name not in self.config["experiments"]:
+            raise ConfigError(f"{self.source}: no experiment {name!r} "
+                              f"(experiments: {', '.join(self.experiments) or 'none'})")
+        exp = self.config["experiments"][name]
+        where = f"experiments.{name}"
+        model = ModelSettings.from_dict(_merge(self.config["model"], exp["model"]), f"{where}.model")
+        train = TrainSettings.from_dict(_merge(self.config["train"], exp["train"]), f"{where}.train")
+        unknown = set(exp["aerial"]) - {"patch_px", "m_per_px", "n_lods"}
+        if unknown:
+            raise ConfigError(f"{self.source}: unknown key(s) {', '.join(f'{where}.aerial.{k}' for k in sorted(unknown))}"
+                              " (allowed: m_per_px, n_lods, patch_px)")
+        lods = LodSpec.from_dict(_merge(self.config["aerial"], exp["aerial"]), f"{where}.aerial")
+        t_max = max(0.5 * self.layout.test_cell_m - train.gnss_margin_m, 0.0)
+        return Experiment(name=name, description=exp["description"], model=model, train=train, lods=lods,
+                          t_max_m=t_max)
+
+    @cached_property
+    def train(self) -> TrainSettings:
+        return TrainSettings.from_dict(self.config["train"])
+
+    @cached_property
+    def demo(self) -> DemoSettings:
+        return DemoSettings.from_dict(self.config["demo"])
+
+    @property
+    def regions(self) -> list[str]:
+        return sorted(self.config["regions"])
+
+    def role(self, region: str) -> str:
+        return self._region(region)["role"]
+
+    def boundary(self, region: str) -> str:
+        return self._region(region)["boundary"]
+
+    def _region(self, region: str) -> dict:
+        try:
+            return self.config["regions"][region]
+        except KeyError:
+            raise ConfigError(f"{self.source}: no region {region!r} (regions: {', '.join(self.regions) or 'none'})") from None
+
+    def source_of(self, region: str) -> SourceSettings:
+        sources = self.config["aerial"]["sources"]
+        if region not in sources:
+            raise ConfigError(f"{self.source}: aerial.sources has no entry for region {region!r} "
+                              f"(has: {', '.join(sorted(sources)) or 'none'})")
+        return SourceSettings.from_dict(sources[region], f"aerial.sources.{region}")
+
+    def demo_region(self, region: str) -> DemoRegionSettings:
+        try:
+            return self.demo.regions[region]
+        except KeyError:
+            raise ConfigError(f"{self.source}: {region!r} is not a demo region "
+                              f"(demo.regions: {', '.join(sorted(self.demo.regions)) or 'none'})") from None
+
+    # ---- derived values (the one place each is computed)
+    @property
+    def download_margin_m(self) -> float:
+        """How far beyond a region's boundary imagery is needed: the coarsest LOD of an edge
+        cell at any bearing plus the diagonal of the training offset (t_max = 0.5·l − l_Δ,
+        paper §3.4), over the global settings and every experiment, rounded up to 10 m
+        (434.4 + 14.1 -> 450 m for the paper's settings)."""
+        t_max = max(0.5 * self.layout.test_cell_m - self.train.gnss_margin_m, 0.0)
+        need = [self.lods.reach_m + t_max * math.sqrt(2)]
+        need += [e.lods.reach_m + e.t_max_m * math.sqrt(2) for e in map(self.experiment, self.experiments)]
+        return math.ceil(max(need) / 10) * 10.0
+
+    # ---- checks of the whole config (the workflow runs them at start)
+    def check(self) -> None:
+        problems = []
+        if not self.config["regions"]:
+            problems.append("no regions configured (add at least one under `regions`)")
+        for name in self.demo.regions:
+            if name not in self.config["regions"]:
+                problems.append(f"demo.regions.{name} is not listed under `regions`")
+            elif self.boundary(name) != DEMO_BOUNDARY.format(region=name):
+                problems.append(f"regions.{name}.boundary must be {DEMO_BOUNDARY.format(region=name)} "
+                                f"(the demo draws it), got {self.boundary(name)!r}")
+        for name, src in self.config["aerial"]["sources"].items():
+            if name not in self.config["regions"]:
+                problems.append(f"aerial.sources.{name} is not listed under `regions`")
+            elif str(src.get("url", "")).startswith(FAKE_URL_PREFIX) and name not in self.demo.regions:
+                problems.append(f"aerial.sources.{name}.url {src['url']!r} needs the demo's fake provider, "
+                                f"but {name} is not under demo.regions")
+            else:
+                self.source_of(name)
+        if problems:
+            raise ConfigError(f"{self.source} is invalid:\n  " + "\n  ".join(problems))
+
+    # ---- stage bundles
+    def cells_stage(self) -> CellsStage:
+        return CellsStage(layout=self.layout)
+
+    def crawl_stage(self) -> CrawlStage:
+        return CrawlStage(crawl=self.crawl)
+
+    def download_stage(self, region: str) -> DownloadStage:
+        return DownloadStage(source=self.source_of(region), margin_m=self.download_margin_m)
+
+    def tile_stage(self, region: str) -> TileStage:
+        src = self.source_of(region)
+        return TileStage(cog=self.cog, protocol=src.protocol, acquired=src.acquired)
+
+    def demo_boundary_stage(self, region: str) -> DemoBoundaryStage:
+        r = self.demo_region(region)
+        return DemoBoundaryStage(center_lat=r.center_lat, center_lon=r.center_lon, size_m=r.size_m)
+
+    def demo_world_stage(self, region: str) -> DemoWorldStage:
+        r = self.demo_region(region)
+        return DemoWorldStage(seed=r.seed, center_lat=r.center_lat, center_lon=r.center_lon, size_m=r.size_m,
+                              m_per_px=self.demo.world_m_per_px, margin_m=self.download_margin_m)
+
+    def demo_streetview_stage(self, region: str) -> DemoStreetviewStage:
+        return DemoStreetviewStage(photos=self.demo_region(region).photos, seed=self.demo.streetview.seed)
+
+    def fake_mapillary_stage(self) -> FakeMapillaryStage:
+        sv = self.demo.streetview
+        return FakeMapillaryStage(fault_rate=sv.fault_rate, latency_ms=sv.latency_ms)
+
+    def fake_orthophoto_stage(self, region: str) -> OrthophotoServerSettings:
+        return self.demo_region(region).orthophoto_server
