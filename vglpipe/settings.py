@@ -349,6 +349,17 @@ class DemoSettings(Section):
 
 
 @dataclass(frozen=True)
+class EmbedSettings(Section):
+    SCHEMA: ClassVar[str] = "embed"
+    shards: int
+    chunk_cells: int
+    batch_size: int
+    min_coverage: float
+    workers: int
+    precision: str
+
+
+@dataclass(frozen=True)
 class Experiment:
     """One experiment's effective settings: the global sections with its overrides merged in."""
 
@@ -384,6 +395,17 @@ class TileStage:
     cog: CogSettings
     protocol: str
     acquired: str
+
+
+@dataclass(frozen=True)
+class TrainStage:
+    experiment: Experiment
+
+
+@dataclass(frozen=True)
+class EmbedStage:
+    embed: EmbedSettings
+    lods: LodSpec  # the experiment's
 
 
 @dataclass(frozen=True)
@@ -474,6 +496,10 @@ class Settings:
         return TrainSettings.from_dict(self.config["train"])
 
     @cached_property
+    def embed(self) -> EmbedSettings:
+        return EmbedSettings.from_dict(self.config["embed"])
+
+    @cached_property
     def demo(self) -> DemoSettings:
         return DemoSettings.from_dict(self.config["demo"])
 
@@ -554,6 +580,12 @@ class Settings:
     def tile_stage(self, region: str) -> TileStage:
         src = self.source_of(region)
         return TileStage(cog=self.cog, protocol=src.protocol, acquired=src.acquired)
+
+    def train_stage(self, experiment: str) -> TrainStage:
+        return TrainStage(experiment=self.experiment(experiment))
+
+    def embed_stage(self, experiment: str) -> EmbedStage:
+        return EmbedStage(embed=self.embed, lods=self.experiment(experiment).lods)
 
     def demo_boundary_stage(self, region: str) -> DemoBoundaryStage:
         r = self.demo_region(region)

@@ -1,0 +1,148 @@
+"""The training loop: exact resume after kill -9, refused resume with changed settings, several
+processes (gloo) equal one, the untrained baseline, and the stream's properties."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO
+from conftest_train import tiny_settings, train_region  # noqa: F401  (fixture)
+from vglpipe.errors import ResumeError
+from vglpipe.settings import to_json
+from vglpipe.train.data import Jitter, SampleSpec, TrainingPhotos, TrainStream
+from vglpipe.train.loop import Trainer, build_model, load_model, lr_factor
+
+
+def train_cmd(region, out, settings, *extra) -> list[str]:
+    r = f"{region.name}:{region.photos}:{region.photo_cells}:{region.aerial_index}"
+    return [sys.executable, "-m", "vglpipe.train", "--settings", to_json(settings.train_stage("tiny")),
+            "--region", r, "--out", str(out), "--no-progress", *extra]
+
+
+def run(cmd, env=None, timeout=600):
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model.safetensors"))
+
+
+def checkpoint_step(out: Path) -> int:
+    try:
+        return json.loads((out / "checkpoint" / "state.json").read_text())["loop"]["step"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def test_kill9_then_resume_gives_identical_weights(train_region, tmp_path):
+    settings = tiny_settings(steps=16, checkpoint_every=4)
+    run(train_cmd(train_region, tmp_path / "clean", settings))
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(train_region, out, settings), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while checkpoint_step(out) < 8 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert 8 <= checkpoint_step(out) < 16 and not (out / "model.safetensors").exists()
+    resumed = run(train_cmd(train_region, out, settings))
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert summary["resumed_from"] >= 8 and summary["steps"] == 16
+    a, b = weights(tmp_path / "clean"), weights(out)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed training diverged from the uninterrupted one"
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss") and len(rows) > 1
+
+
+def test_resume_with_changed_settings_is_refused(train_region, tmp_path):
+    trainer = Trainer(tiny_settings(steps=4).experiment("tiny"), [train_region], tmp_path, progress=False)
+    trainer.run()
+    changed = tiny_settings(steps=8, lr=0.002).experiment("tiny")
+    with pytest.raises(ResumeError, match=r"differs in: train\.lr, train\.steps"):
+        Trainer(changed, [train_region], tmp_path, progress=False).run()
+    # what does not change the weights may change: more workers, other logging
+    Trainer(tiny_settings(steps=4, log_every=1).experiment("tiny"), [train_region], tmp_path, progress=False).run()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_equal_one_process(train_region, tmp_path):
+    """DDP on CPU: the global batch split over 2 ranks, embeddings gathered for the loss (and for
+    mining), gives the weights of 1 process with the same global batch."""
+    settings = tiny_settings(steps=6, checkpoint_every=100)
+    run(train_cmd(train_region, tmp_path / "one", settings))
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port, OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen(train_cmd(train_region, tmp_path / "two", settings), cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-4, f"largest weight difference {worst}"
+    init = build_model(settings.experiment("tiny")).state_dict()
+    assert max(float((a[k] - init[k]).abs().max()) for k in a) > 1e-3  # and training did change them
+
+
+def test_untrained_baseline_and_model_round_trip(train_region, tmp_path):
+    settings = tiny_settings(steps=0)
+    summary = Trainer(settings.experiment("tiny"), [train_region], tmp_path, progress=False).run()
+    model, wid, info = load_model(tmp_path)
+    assert wid == summary.weights_id == info["weights_id"] and info["steps"] == 0
+    again = Trainer(settings.experiment("tiny"), [train_region], tmp_path / "again", progress=False).run()
+    assert again.weights_id == wid  # the same seed gives the same random weights
+    (tmp_path / "model.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(Exception, match="model"):
+        load_model(tmp_path)
+
+
+def test_stream_has_one_photo_per_bucket_per_batch_and_is_reproducible(train_region):
+    exp = tiny_settings().experiment("tiny")
+    photos = TrainingPhotos([train_region])
+    spec = SampleSpec((48, 64), 32, exp.lods, exp.t_max_m, Jitter(), seed=3)
+    stream = TrainStream(photos, spec)
+    n = photos.n_buckets
+    rng = np.random.default_rng(0)
+    buckets = []
+    for k in range(n):
+        p = stream.photo_of(k, np.random.default_rng([3, 1, k]))
+        buckets.append(int(np.searchsorted(photos.bucket_start, p, side="right")) - 1)
+    assert sorted(buckets) == list(range(n))  # one pass visits every bucket once
+    k = int(rng.integers(0, 3 * n))
+    a, b = stream[k], TrainStream(photos, spec)[k]
+    assert torch.equal(a["street"], b["street"]) and torch.equal(a["aerial"], b["aerial"])
+    off = np.degrees(np.abs(a["aerial_latlon"].numpy() - a["street_latlon"].numpy()))
+    assert a["coverage"].min() > 0.9 and off.max() < 1.0  # a cell near its photo, covered by imagery
+
+
+def test_learning_rate_schedule():
+    t = tiny_settings(steps=100, warmup_steps=10, lr_final_factor=0.1).experiment("tiny").train
+    f = [lr_factor(s, t) for s in range(101)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[100] == pytest.approx(0.1)

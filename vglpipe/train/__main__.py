@@ -1,0 +1,80 @@
+"""``python -m vglpipe.train``: train one experiment's model on the training regions.
+
+    python -m vglpipe.train --config workflow_config.yaml --experiment demo \\
+        --region demo-train:results/photos/demo-train:results/cells/demo-train/photo_cells.parquet:results/aerial/demo-train/index.parquet \\
+        --out results/models/demo
+
+``--region NAME:PHOTOS_DIR:PHOTO_CELLS:AERIAL_INDEX`` once per training region. Writes
+``OUT/model.safetensors`` + ``OUT/model.json`` (last), ``OUT/metrics.csv``, TensorBoard events
+under ``OUT/tensorboard`` and ``OUT/summary.json``; ``OUT/checkpoint/`` is kept between runs:
+a killed or preempted (SIGTERM) training continues from it. Several processes (``torchrun``,
+or ``srun`` in a SLURM job) train one model with the batch split between them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from vglpipe import cli
+from vglpipe.errors import InputError
+from vglpipe.settings import TrainStage
+from vglpipe.store.atomic import atomic_write_text
+
+log = logging.getLogger("vglpipe.train")
+
+
+def parse_region(text: str):
+    from vglpipe.train.data import RegionFiles
+
+    parts = text.split(":")
+    if len(parts) != 4 or not all(parts):
+        raise InputError(f"--region {text!r}: expected NAME:PHOTOS_DIR:PHOTO_CELLS:AERIAL_INDEX")
+    name, photos, cells, index = parts
+    for p in (Path(photos) / "metadata.parquet", Path(cells), Path(index)):
+        if not p.exists():
+            raise InputError(f"--region {name}: {p} does not exist")
+    return RegionFiles(name, Path(photos), Path(cells), Path(index))
+
+
+def main(args: argparse.Namespace) -> int:
+    from vglpipe.train import distributed as dd
+    from vglpipe.train.loop import Trainer
+
+    if args.settings is None and not args.experiment:
+        raise InputError("--config needs --experiment")
+    st = cli.stage_settings(args, TrainStage, lambda s: s.train_stage(args.experiment))
+    regions = [parse_region(r) for r in args.region]
+    trainer = Trainer(st.experiment, regions, args.out, device=args.device, progress=not args.no_progress,
+                      workers=args.workers)
+    try:
+        summary = trainer.run()
+    finally:
+        dd.shutdown()
+    if trainer.rank.main:
+        atomic_write_text(Path(args.out) / "summary.json", json.dumps(asdict(summary), indent=2) + "\n")
+        print(json.dumps(asdict(summary)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vglpipe.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_settings_arguments(p)
+    p.add_argument("--experiment", help="the experiment to train (with --config)")
+    p.add_argument("--region", action="append", required=True, metavar="NAME:PHOTOS:PHOTO_CELLS:AERIAL_INDEX",
+                   help="a training region's inputs (repeat for several)")
+    p.add_argument("--out", required=True, help="model directory")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--workers", type=int, help="DataLoader workers instead of train.workers")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(build_parser(), main))
+
