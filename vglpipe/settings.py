@@ -360,6 +360,51 @@ class EmbedSettings(Section):
 
 
 @dataclass(frozen=True)
+class IndexSettings(Section):
+    """The faiss indexes (vglpipe.search.spec.IndexSpec resolves 'auto' values for a region)."""
+
+    SCHEMA: ClassVar[str] = "index"
+    kinds: tuple[str, ...]
+    search: str
+    hnsw_m: int
+    ef_construction: int
+    ef_search: int
+    hnsw_storage: str
+    entry_points: int | str
+    entry_probe: int
+    seed_search: str
+    nlist: int | str
+    quantizer_m: int
+    quantizer_ef: int
+    pq_m: int | str
+    pq_nbits: int
+    opq: bool
+    nprobe: int
+    rerank: int
+    train_size: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class EvaluateSettings(Section):
+    SCHEMA: ClassVar[str] = "evaluate"
+    k: int
+    ns: tuple[int, ...]
+    radii_m: tuple[float, ...]
+    min_stratum_count: int
+    chunk: int
+
+
+@dataclass(frozen=True)
+class ReportSettings(Section):
+    SCHEMA: ClassVar[str] = "report"
+    examples: int
+    baseline: str
+    radius_m: float
+    map_m: float
+
+
+@dataclass(frozen=True)
 class Experiment:
     """One experiment's effective settings: the global sections with its overrides merged in."""
 
@@ -409,6 +454,29 @@ class EmbedStage:
 
 
 @dataclass(frozen=True)
+class IndexStage:
+    index: IndexSettings
+    layout: LayoutSettings
+
+
+@dataclass(frozen=True)
+class EvaluateStage:
+    evaluate: EvaluateSettings
+    index: IndexSettings  # its search-time values
+    layout: LayoutSettings
+    timezone: str
+
+
+@dataclass(frozen=True)
+class ReportStage:
+    report: ReportSettings
+    evaluate: EvaluateSettings
+    layout: LayoutSettings
+    index: IndexSettings
+    experiments: tuple[tuple[str, str], ...]  # (name, description), in report order (baseline last)
+
+
+@dataclass(frozen=True)
 class DemoBoundaryStage:
     center_lat: float
     center_lon: float
@@ -429,6 +497,7 @@ class DemoWorldStage:
 class DemoStreetviewStage:
     photos: int
     seed: int
+    world_seed: int  # mixed into the photo seed: regions get different photo ids
 
 
 @dataclass(frozen=True)
@@ -500,6 +569,21 @@ class Settings:
         return EmbedSettings.from_dict(self.config["embed"])
 
     @cached_property
+    def index(self) -> IndexSettings:
+        return IndexSettings.from_dict(self.config["index"])
+
+    @cached_property
+    def evaluate(self) -> EvaluateSettings:
+        return EvaluateSettings.from_dict(self.config["evaluate"])
+
+    @cached_property
+    def report(self) -> ReportSettings:
+        return ReportSettings.from_dict(self.config["report"])
+
+    def timezone(self, region: str) -> str:
+        return self._region(region)["timezone"]
+
+    @cached_property
     def demo(self) -> DemoSettings:
         return DemoSettings.from_dict(self.config["demo"])
 
@@ -564,6 +648,17 @@ class Settings:
                                 f"but {name} is not under demo.regions")
             else:
                 self.source_of(name)
+        if self.experiments and not any(r["role"] == "train" for r in self.config["regions"].values()):
+            problems.append("experiments need at least one region with role: train")
+        if self.config["index"]["search"] not in self.config["index"]["kinds"]:
+            problems.append(f"index.search {self.config['index']['search']!r} is not among index.kinds "
+                            f"{self.config['index']['kinds']}")
+        baseline = self.config["report"]["baseline"]
+        if baseline and baseline not in self.config["experiments"]:
+            problems.append(f"report.baseline {baseline!r} is not an experiment (experiments: "
+                            f"{', '.join(self.experiments) or 'none'})")
+        for name in self.experiments:
+            self.experiment(name)
         if problems:
             raise ConfigError(f"{self.source} is invalid:\n  " + "\n  ".join(problems))
 
@@ -587,6 +682,20 @@ class Settings:
     def embed_stage(self, experiment: str) -> EmbedStage:
         return EmbedStage(embed=self.embed, lods=self.experiment(experiment).lods)
 
+    def index_stage(self) -> IndexStage:
+        return IndexStage(index=self.index, layout=self.layout)
+
+    def evaluate_stage(self, region: str) -> EvaluateStage:
+        return EvaluateStage(evaluate=self.evaluate, index=self.index, layout=self.layout,
+                             timezone=self.timezone(region))
+
+    def report_stage(self) -> ReportStage:
+        names = self.experiments
+        baseline = self.report.baseline
+        ordered = [n for n in names if n != baseline] + ([baseline] if baseline else [])
+        return ReportStage(report=self.report, evaluate=self.evaluate, layout=self.layout, index=self.index,
+                           experiments=tuple((n, self.config["experiments"][n]["description"]) for n in ordered))
+
     def demo_boundary_stage(self, region: str) -> DemoBoundaryStage:
         r = self.demo_region(region)
         return DemoBoundaryStage(center_lat=r.center_lat, center_lon=r.center_lon, size_m=r.size_m)
@@ -597,7 +706,8 @@ class Settings:
                               m_per_px=self.demo.world_m_per_px, margin_m=self.download_margin_m)
 
     def demo_streetview_stage(self, region: str) -> DemoStreetviewStage:
-        return DemoStreetviewStage(photos=self.demo_region(region).photos, seed=self.demo.streetview.seed)
+        r = self.demo_region(region)
+        return DemoStreetviewStage(photos=r.photos, seed=self.demo.streetview.seed, world_seed=r.seed)
 
     def fake_mapillary_stage(self) -> FakeMapillaryStage:
         sv = self.demo.streetview
