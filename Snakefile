@@ -18,6 +18,11 @@ include: "rules/regions.smk"
 include: "rules/crawl.smk"
 include: "rules/orthophotos.smk"
 include: "rules/cells.smk"
+include: "rules/train.smk"
+include: "rules/embed.smk"
+include: "rules/index.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -25,3 +30,6 @@ rule all:
         expand("results/cells/{region}/photo_cells.parquet", region=REGIONS),
         expand("results/cells/{region}/cells_{tag}m.parquet", region=REGIONS, tag=TEST_CELL_TAG),
         expand("results/aerial/{region}/index.parquet", region=AERIAL_REGIONS),
+        expand("results/index/{experiment}/{region}/{kind}", experiment=EXPERIMENTS, region=TEST_REGIONS,
+               kind=INDEX_KINDS),
+        expand("results/reports/{experiment}/{region}/index.html", experiment=EXPERIMENTS, region=TEST_REGIONS),

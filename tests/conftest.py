@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 REFERENCE_DATA = SHARED / "reference-data"
-WORKFLOW_FILES = ["Snakefile", "rules", "workflow_config.yaml", "profiles", "envs"]
+WORKFLOW_FILES = ["Snakefile", "rules", "workflow_config.yaml", "profiles", "envs", "docs"]
 
 
 @pytest.fixture
@@ -69,6 +69,8 @@ def demo_config(overrides: dict | None = None, regions: list[str] | None = None)
         config["regions"] = {r: v for r, v in config["regions"].items() if r in regions}
         config["demo"]["regions"] = {r: v for r, v in config["demo"]["regions"].items() if r in regions}
         config["aerial"]["sources"] = {r: v for r, v in config["aerial"]["sources"].items() if r in regions}
+        if not any(v.get("role") == "train" for v in config["regions"].values()):
+            config["experiments"], config["report"] = {}, {}  # data stages only
     return config
 
 

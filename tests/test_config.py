@@ -14,7 +14,9 @@ def test_shipped_config_is_valid_and_complete():
     config = load_config(REPO / "workflow_config.yaml")
     assert config["layout"]["test_cell_m"] == 30.0
     assert config["layout"]["train_cell_m"] == 5.0
-    assert set(config["regions"]) == {"demo-train", "demo-test"}
+    assert {r: v["role"] for r, v in config["regions"].items()} == {
+        "demo-train": "train", "demo-train-b": "train", "demo-train-c": "train", "demo-test": "test"}
+    assert set(config["demo"]["regions"]) == set(config["regions"])
 
 
 def test_empty_config_gets_every_default():

@@ -14,7 +14,22 @@ from shapely.geometry import box, mapping
 from conftest import REPO, WORKFLOW_FILES, deep_merge, demo_config, run_snakemake, write_config
 from demo_fingerprint import fingerprint
 
-SMALL = {"demo": {"regions": {"demo-train": {"photos": 80}, "demo-test": {"photos": 80}}}}
+#: The demo at CI size: fewer photos, a few training steps, small batches, no worker processes.
+SMALL = {
+    "demo": {"regions": {"demo-train": {"photos": 80}, "demo-test": {"photos": 80}}},
+    "train": {"steps": 24, "batch_size": 16, "workers": 0, "warmup_steps": 4, "checkpoint_every": 8, "log_every": 4,
+              "mining": {"raise_after_samples": 64, "max_scan_batches": 4}},
+    "embed": {"batch_size": 32, "chunk_cells": 128, "workers": 0},
+    "report": {"examples": 2},
+}
+REGIONS = ["demo-train", "demo-test"]
+
+
+def small_config() -> dict:
+    return demo_config(SMALL, regions=REGIONS)
+
+
+DOWNSTREAM_OF_TRAIN = {"train": 2, "embed_cells": 2, "embed_photos": 2, "index": 4, "evaluate": 2, "report": 2}
 REFERENCE = Path(__file__).parent / "data" / "demo_small_fingerprint.json"
 
 
@@ -25,7 +40,7 @@ def demo_run(tmp_path_factory) -> Path:
     for name in WORKFLOW_FILES:
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, wd / name)
-    write_config(wd, "small.yaml", demo_config(SMALL))
+    write_config(wd, "small.yaml", small_config())
     run_snakemake(wd, "--configfile", "small.yaml")
     return wd
 
@@ -49,6 +64,32 @@ def test_demo_tables_equal_the_reference(demo_run):
 
 
 @pytest.mark.workflow
+def test_demo_runs_to_its_reports(demo_run):
+    """Every stage ran: models, embeddings, both indexes, evaluations and the HTML reports."""
+    for exp in ("demo", "untrained"):
+        assert (demo_run / f"results/models/{exp}/model.safetensors").exists()
+        recall = json.loads((demo_run / f"results/eval/{exp}/demo-test/recall.json").read_text())
+        assert 0 <= recall["R@1<50m"] <= 1 and recall["n_queries"] > 30 and "true_positions" in recall
+        for kind in ("hnsw", "compressed"):
+            assert (demo_run / f"results/index/{exp}/demo-test/{kind}/index.json").exists()
+        html = (demo_run / f"results/reports/{exp}/demo-test/index.html").read_text()
+        assert "R@1&lt;50m" in html or "R@1<50m" in html
+    summary = json.loads((demo_run / "results/models/demo/summary.json").read_text())
+    assert summary["steps"] == 24
+
+
+@pytest.mark.workflow
+def test_snakemake_report_includes_the_html_reports(demo_run):
+    run_snakemake(demo_run, "--configfile", "small.yaml", "--report", "snakemake-report.zip")
+    import zipfile
+
+    with zipfile.ZipFile(demo_run / "snakemake-report.zip") as z:
+        names = z.namelist()
+    reports = [n for n in names if "/data/raw/" in n and n.endswith("/index.html")]
+    assert len(reports) == 2, names[:20]  # the demo's and the baseline's report
+
+
+@pytest.mark.workflow
 def test_second_run_does_nothing(demo_run):
     again = run_snakemake(demo_run, "--configfile", "small.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -56,22 +97,26 @@ def test_second_run_does_nothing(demo_run):
 
 @pytest.mark.workflow
 @pytest.mark.parametrize("change, expected", [
-    # a training-only key: no data stage reads it
-    ({"train": {"gnss_margin_m": 5.5}}, {}),
-    # the test cell size: the cells stage (its output name too); the download margin stays 450 m
-    ({"layout": {"test_cell_m": 25.0}}, {"cells": 2}),
-    # a crawler setting: both crawls (they resume from their checkpoints) and what reads the photos
-    ({"crawl": {"search_per_minute": 8000}}, {"crawl": 2, "cells": 2}),
-    # how COGs are written: tiling only
-    ({"aerial": {"cog": {"quality": 85}}}, {"orthophotos_tile": 2}),
-    # one demo region's photo count: its street views, crawl and cells, nothing of the other region
-    ({"demo": {"regions": {"demo-test": {"photos": 70}}}}, {"demo_streetview": 1, "crawl": 1, "cells": 1}),
-    # the LOD spec: the download margin grows, so downloads, tiles and the worlds they come from
+    # how reports look: the reports only
+    ({"report": {"examples": 3}}, {"report": 2}),
+    # one experiment's training: its model and what is made from it; both reports compare it
+    ({"experiments": {"demo": {"train": {"lr": 0.002}}}},
+     {"train": 1, "embed_cells": 1, "embed_photos": 1, "index": 2, "evaluate": 1, "report": 2}),
+    # how embeddings are computed: embeddings and everything after them, not the models
+    ({"embed": {"batch_size": 16}}, {"embed_cells": 2, "embed_photos": 2, "index": 4, "evaluate": 2, "report": 2}),
+    # how COGs are written: tiling, then training (reads them) and the rest
+    ({"aerial": {"cog": {"quality": 85}}}, {"orthophotos_tile": 2, **DOWNSTREAM_OF_TRAIN}),
+    # the test region's photo count: its street views, crawl and cells, then its embeddings and
+    # evaluation; nothing of the training region, no retraining
+    ({"demo": {"regions": {"demo-test": {"photos": 70}}}},
+     {"demo_streetview": 1, "crawl": 1, "cells": 1, "embed_cells": 2, "embed_photos": 2, "index": 4,
+      "evaluate": 2, "report": 2}),
+    # the LOD spec: the download margin grows, so worlds, downloads, tiles and all after them
     ({"aerial": {"n_lods": 5}}, {"demo_world": 2, "demo_streetview": 2, "orthophotos_download": 2,
-                                 "orthophotos_tile": 2, "crawl": 2, "cells": 2}),
+                                 "orthophotos_tile": 2, "crawl": 2, "cells": 2, **DOWNSTREAM_OF_TRAIN}),
 ])
 def test_a_changed_setting_reruns_exactly_its_stages(demo_run, change, expected):
-    assert planned_jobs(demo_run, deep_merge(demo_config(SMALL), change)) == expected
+    assert planned_jobs(demo_run, deep_merge(small_config(), change)) == expected
 
 
 @pytest.mark.workflow

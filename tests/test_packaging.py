@@ -7,7 +7,7 @@ import tomllib
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake
+from conftest import REPO
 
 
 def pyproject_pins() -> dict[str, str]:
@@ -34,13 +34,3 @@ def test_torch_env_has_everything():
     spec = yaml.safe_load((REPO / "envs" / "torch.yaml").read_text())
     pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict) and "pip" in d)
     assert {line.partition("==")[0].lower() for line in pip} == set(pyproject_pins())
-
-
-@pytest.mark.workflow
-def test_demo_workflow_runs_and_second_run_is_a_no_op(workflow_dir):
-    """What `make demo` runs: the whole demo pipeline with the shipped config."""
-    run_snakemake(workflow_dir)
-    for region in ("demo-train", "demo-test"):
-        assert (workflow_dir / "results" / "cells" / region / "cells_30m.parquet").exists()
-    again = run_snakemake(workflow_dir)
-    assert "Nothing to be done" in again.stdout + again.stderr

@@ -42,10 +42,13 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_step(out: Path) -> int:
-    try:
-        return json.loads((out / "checkpoint" / "state.json").read_text())["loop"]["step"]
-    except (OSError, ValueError, KeyError):
-        return -1
+    """The step of the complete checkpoint (checkpoint/, or checkpoint.old/ when killed mid-swap)."""
+    for name in ("checkpoint", "checkpoint.old"):
+        try:
+            return json.loads((out / name / "state.json").read_text())["loop"]["step"]
+        except (OSError, ValueError, KeyError):
+            continue
+    return -1
 
 
 def test_kill9_then_resume_gives_identical_weights(train_region, tmp_path):

@@ -338,6 +338,7 @@ class StreetviewSettings(Section):
     seed: int
     fault_rate: float
     latency_ms: float
+    render_scale: float
 
 
 @dataclass(frozen=True)
@@ -498,6 +499,7 @@ class DemoStreetviewStage:
     photos: int
     seed: int
     world_seed: int  # mixed into the photo seed: regions get different photo ids
+    render_scale: float
 
 
 @dataclass(frozen=True)
@@ -707,7 +709,8 @@ class Settings:
 
     def demo_streetview_stage(self, region: str) -> DemoStreetviewStage:
         r = self.demo_region(region)
-        return DemoStreetviewStage(photos=r.photos, seed=self.demo.streetview.seed, world_seed=r.seed)
+        sv = self.demo.streetview
+        return DemoStreetviewStage(photos=r.photos, seed=sv.seed, world_seed=r.seed, render_scale=sv.render_scale)
 
     def fake_mapillary_stage(self) -> FakeMapillaryStage:
         sv = self.demo.streetview

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from vglpipe import cli
 from vglpipe.errors import InputError
@@ -64,7 +65,8 @@ def _streetview(args) -> int:
     st = _region_settings(args, DemoStreetviewStage, "demo_streetview_stage")
     world = read_world(args.world_color, args.world_height)
     region = load_boundary(args.boundary)
-    render_source(world, region, args.out, RenderSettings(n=st.photos, seed=st.seed))
+    render_source(world, region, args.out, RenderSettings(n=st.photos, seed=(st.seed, st.world_seed),
+                                                          internal_scale=st.render_scale))
     return 0
 
 
@@ -79,9 +81,25 @@ def _serve_mapillary(args) -> int:
     from vglpipe.demo.serve import TOKEN_ENV, fake_mapillary, random_token, run_command, with_url
 
     st = cli.stage_settings(args, FakeMapillaryStage, Settings.fake_mapillary_stage)
+    if args.crawl_out:
+        reset_if_source_changed(Path(args.crawl_out), Path(args.source) / "source.parquet")
     token = random_token()
     with fake_mapillary(args.source, token, st.latency_ms, st.fault_rate) as url:
         return run_command(with_url(_command(args), url), env={TOKEN_ENV: token})
+
+
+def reset_if_source_changed(crawl_out: Path, source: Path) -> None:
+    """A crawl checkpoint of photos rendered before is of another (fake) Mapillary: start over."""
+    import hashlib
+    import shutil
+
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    stamp = crawl_out / "demo-source.sha256"
+    if crawl_out.exists() and (not stamp.exists() or stamp.read_text().strip() != digest):
+        log.warning("%s holds a crawl of other rendered photos: starting the crawl over", crawl_out)
+        shutil.rmtree(crawl_out)
+    crawl_out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest + "\n")
 
 
 def _serve_orthophotos(args) -> int:
@@ -116,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="source directory (source.parquet + shards)")
     c = command("serve-mapillary", _serve_mapillary, "run a command against the fake Mapillary API")
     c.add_argument("--source", required=True, help="rendered source directory")
+    c.add_argument("--crawl-out", help="the crawl's photo store: emptied first if it holds a crawl of another source")
     c.add_argument("command", nargs=argparse.REMAINDER, help="-- the command to run")
     c = command("serve-orthophotos", _serve_orthophotos, "run a command against the fake orthophoto provider")
     c.add_argument("--world-color", required=True)

@@ -2,9 +2,9 @@
 
 :func:`render_source` places cameras mostly on roads (a few off-road, some outside the
 region polygon or in its hole, which the crawler must drop), draws camera/capture
-metadata as a crowd-sourcing platform would hold it (several years, all hours, varied
-devices, aspect ratios and resolutions, a few panoramas and greyscale photos, a hostile
-user name) and renders every photo. The position the fake API serves is the
+metadata as a crowd-sourcing platform would hold it (several years, mostly daylight with a
+minority of dusk, dawn and night shots, varied devices, aspect ratios and resolutions, a few
+panoramas and greyscale photos, a hostile user name) and renders every photo. The position the fake API serves is the
 GNSS-noised one (a few metres, sometimes tens of metres); the true pose is kept in
 ground-truth columns of ``source.parquet`` that the fake never serves.
 """
@@ -48,10 +48,15 @@ CREATORS = ["mapper_anna", "bikecam42", "R\u00e9mi.L", "truckfleet_07", "walker"
 YEARS = (2014, 2025)  # captured_at uniform over [2014-01-01, 2025-01-01)
 
 
+#: Local solar capture hours: (weight, from, to) — mostly daylight, as on Mapillary.
+HOURS = ((0.84, 7.0, 18.0), (0.05, 5.0, 7.0), (0.05, 18.0, 20.0), (0.06, 20.0, 29.0))
+
+
 @dataclass
 class RenderSettings:
     n: int = 400
-    seed: int = 0
+    seed: int | tuple[int, ...] = 0  # e.g. (photo seed, world seed): ids then differ between regions
+    hours: tuple[tuple[float, float, float], ...] = HOURS
     on_road: float = 0.85
     outside: float = 0.06  # outside the polygon (incl. its hole): must be dropped by the crawler
     pano: float = 0.03
@@ -123,12 +128,15 @@ def render_source(world, region, out_dir: str | os.PathLike, settings: RenderSet
     g_lat, g_lon = offset_m(true_lat, true_lon, de, dn)
     cn, ce = rng.normal(0, 1.0, (2, s.n))
     c_lat, c_lon = offset_m(g_lat, g_lon, ce, cn, ref_lat=true_lat)
-    # time: uniform over the years, all hours (UTC); light follows local solar time
-    t_lo = np.datetime64(f"{YEARS[0]}-01-01").astype("datetime64[ms]").astype(np.int64)
-    t_hi = np.datetime64(f"{YEARS[1]}-01-01").astype("datetime64[ms]").astype(np.int64)
-    captured = rng.integers(t_lo, t_hi, s.n)
-    hour_utc = (captured % 86_400_000) / 3_600_000.0
-    hour_local = (hour_utc + true_lon / 15.0) % 24.0
+    # time: a day uniform over the years, a local solar hour from the daylight-heavy mixture
+    d_lo = np.datetime64(f"{YEARS[0]}-01-01").astype("datetime64[D]").astype(np.int64)
+    d_hi = np.datetime64(f"{YEARS[1]}-01-01").astype("datetime64[D]").astype(np.int64)
+    day = rng.integers(d_lo, d_hi, s.n)
+    w = np.array([h[0] for h in s.hours])
+    part = rng.choice(len(s.hours), size=s.n, p=w / w.sum())
+    lo, hi = np.array([h[1] for h in s.hours])[part], np.array([h[2] for h in s.hours])[part]
+    hour_local = rng.uniform(lo, hi) % 24.0
+    captured = (day * 86_400_000 + np.round((hour_local - true_lon / 15.0) * 3_600_000)).astype(np.int64)
     heading = rng.uniform(0, 360, s.n)
     hfov = rng.uniform(50, 110, s.n)
     cam_h = rng.uniform(1.5, 2.5, s.n)

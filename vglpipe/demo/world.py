@@ -18,6 +18,7 @@ Contract used by the street-view renderer (crawl stage): :class:`World`,
 
 from __future__ import annotations
 
+import colorsys
 import math
 import os
 from dataclasses import dataclass, field
@@ -425,7 +426,7 @@ def _draw_buildings(rng, color, classes, height, shadow, density, roads, P, s):
                 cv2.fillConvexPoly(shadow, cv2.convexHull(np.vstack([poly, sh])), 1)
                 cv2.fillConvexPoly(classes, poly, BUILDING)
                 cv2.fillConvexPoly(height, poly, float(h))
-                base = np.array(P.roofs[int(rng.integers(len(P.roofs)))], np.float32)
+                base = _building_colour(rng, P)
                 if big:  # flat roof, light, with rooftop units
                     roof = np.clip(base * 0.4 + 120, 0, 255)
                     cv2.fillConvexPoly(color, poly, tuple(float(v) for v in roof))
@@ -445,6 +446,16 @@ def _draw_buildings(rng, color, classes, height, shadow, density, roads, P, s):
                     cv2.fillConvexPoly(color, half_b, tuple(float(v) * (1.7 - lit) for v in base))
                     ridge = np.array([(corners[0] + corners[3]) / 2, (corners[1] + corners[2]) / 2]).round().astype(np.int32)
                     cv2.line(height, tuple(int(v) for v in ridge[0]), tuple(int(v) for v in ridge[1]), float(h + 2.0), thickness=max(1, int(0.6 * s)))
+
+
+def _building_colour(rng, P) -> np.ndarray:
+    """Each building its own colour, as real roofs and facades vary: half of them a shade of the
+    world's palette, half any hue (the renderer gives walls their roof's colour)."""
+    if rng.random() < 0.5:
+        base = np.array(P.roofs[int(rng.integers(len(P.roofs)))], np.float32)
+        return np.clip(base * rng.uniform(0.8, 1.2, 3), 0, 255).astype(np.float32)
+    r, g, b = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.25, 0.85), rng.uniform(0.35, 0.9))
+    return np.array([r, g, b], np.float32) * 255
 
 
 def _draw_trees(rng, color, classes, height, shadow, density, roads, P, s):

@@ -321,6 +321,14 @@ def make_layout(
     raise ConfigError(f"layout.kind must be one of {', '.join(LAYOUTS)}, got {kind!r}")
 
 
+def layout_from_description(d: dict) -> Layout:
+    """The layout a table's or index's stored :meth:`Layout.describe` names."""
+    try:
+        return make_layout(d["kind"], float(d["cell_m"]), float(d["earth_radius_m"]), float(d.get("reference_lat", 0.0)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"not a layout description: {d!r} ({exc})") from None
+
+
 def band_edge_ratio(cell_m: float, max_lat_deg: float = 85.06, radius_m: float = EARTH_RADIUS_M) -> float:
     """Supplementary S3: worst k = min(c_a, c_b)/max(c_a, c_b) over all bands within ±max_lat.
 

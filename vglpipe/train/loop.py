@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -211,11 +212,14 @@ class Trainer:
         return self.out / CHECKPOINT_DIR
 
     def save_checkpoint(self) -> None:
+        """Write the checkpoint beside the current one, then swap: a kill at any point leaves a
+        complete checkpoint (``checkpoint/`` or, between the two renames, ``checkpoint.old/``)."""
         if not self.rank.main:
             return
         d = self.ckpt_dir
-        tmp = d.with_name(d.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
+        tmp, old = d.with_name(d.name + ".tmp"), d.with_name(d.name + ".old")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(tmp / "weights.safetensors"))
         self.state.mining = self.mining.state_dict()
         torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
@@ -226,19 +230,18 @@ class Trainer:
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        old = d.with_name(d.name + ".old")
-        if d.exists():
+        if (d / "state.json").exists():
+            shutil.rmtree(old, ignore_errors=True)
             d.rename(old)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
         tmp.rename(d)
-        if old.exists():
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
+        shutil.rmtree(old, ignore_errors=True)
         log.info("checkpoint at step %d -> %s", self.state.step, d)
 
     def load_checkpoint(self) -> bool:
         d = self.ckpt_dir
-        if not d.exists() and d.with_name(d.name + ".old").exists():
+        if not (d / "state.json").exists() and (d.with_name(d.name + ".old") / "state.json").exists():
             d = d.with_name(d.name + ".old")  # killed between the two renames
         if not (d / "state.json").exists():
             return False
@@ -325,7 +328,7 @@ class Trainer:
         if resumed:
             log.info("resuming at step %d of %d (stream position %d)", start, self.t.steps, self.state.position)
         old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-        metrics = _Metrics(self.out, self.rank.main, resumed, self.t.log_every)
+        metrics = _Metrics(self.out, self.rank.main, resumed, self.t.log_every, self.t.batch_size)
         bar = tqdm(total=self.t.steps, initial=start, desc=f"train {self.exp.name}", unit="step",
                    disable=not (self.progress and self.rank.main), dynamic_ncols=True, mininterval=2.0)
         t0 = time.perf_counter()
@@ -402,8 +405,8 @@ class _Metrics:
 
     COLUMNS = ["step", "loss", "batch_recall_s2a", "batch_recall_a2s", "lr", "samples_per_s", "time"]
 
-    def __init__(self, out: Path, main: bool, resumed: bool, every: int):
-        self.main, self.every = main, every
+    def __init__(self, out: Path, main: bool, resumed: bool, every: int, batch_size: int):
+        self.main, self.every, self.batch_size = main, every, batch_size
         self.t_last, self.step_last = time.perf_counter(), None
         self.acc: list[dict] = []
         if not main:
@@ -430,13 +433,14 @@ class _Metrics:
         loss = float(np.mean([a["loss"] for a in self.acc]))
         r1 = float(np.mean([a["recall"] for a in self.acc]))
         r2 = float(np.mean([a["recall_a2s"] for a in self.acc]))
-        rate = n / (now - self.t_last)
+        rate = n * self.batch_size / (now - self.t_last)
         self.csv.writerow([step, f"{loss:.5f}", f"{r1:.4f}", f"{r2:.4f}", f"{lr:.3e}", f"{rate:.3f}", f"{time.time():.0f}"])
         self.fh.flush()
         for k, v in (("loss", loss), ("batch_recall/street_to_aerial", r1), ("batch_recall/aerial_to_street", r2),
-                     ("lr", lr), ("steps_per_s", rate)):
+                     ("lr", lr), ("samples_per_s", rate)):
             self.tb.add_scalar(k, v, step)
-        log.info("step %d: loss %.4f, in-batch recall@1 %.3f / %.3f, lr %.2e", step, loss, r1, r2, lr)
+        log.info("step %d: loss %.4f, in-batch recall@1 %.3f / %.3f, lr %.2e, %.0f samples/s", step, loss, r1, r2,
+                 lr, rate)
         self.acc, self.t_last = [], now
 
     def close(self) -> None:

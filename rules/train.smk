@@ -1,0 +1,29 @@
+# Train stage: one model per experiment on the photos and orthophotos of the training regions
+# (role: train). results/models/{experiment}/checkpoint/ is not declared: Snakemake never
+# deletes it, and a killed or preempted training continues from it.
+
+
+rule train:
+    """Two-tower model, symmetric DCL loss, hard example mining (paper §3.3-3.5)."""
+    input:
+        unpack(train_inputs),
+    output:
+        weights="results/models/{experiment}/model.safetensors",
+        info="results/models/{experiment}/model.json",
+    params:
+        settings=stage_settings("train_stage", "experiment"),
+        regions=train_region_args,
+        out=out_dir,
+    log:
+        "logs/train/{experiment}.log",
+    benchmark:
+        "benchmarks/train/{experiment}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: lambda wc: SETTINGS.experiment(wc.experiment).train.workers + 1
+    resources:
+        mem_mb=16000,
+        runtime=3 * 24 * 60,
+    shell:
+        "python -m vglpipe.train --settings {params.settings} {params.regions} --out {params.out:q} "
+        "--no-progress > {log:q} 2>&1"

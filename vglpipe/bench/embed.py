@@ -1,0 +1,89 @@
+"""Embedding throughput: every cell of a region through the whole embed path (multi-LOD patches
+cut from the COGs in DataLoader workers, then the aerial tower), as the embed stage runs it.
+
+Setup (not timed): a synthetic region of ``--world-m`` metres with its COGs (as ``bench train``
+makes it) and the config's model with random weights. Figures: ``cells_per_s``,
+``data_wait_fraction`` and, for comparison, ``sampler_cells_per_s`` (patches only, one process)
+and ``model_cells_per_s`` (the tower only, on random patches). ``--config demo`` runs the demo
+model on the CPU; ``--config paper`` the paper's model (ConvNeXt-B, 4 x 384²) on a GPU, with the
+GPU's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vglpipe.bench._util import peak_rss_mb
+from vglpipe.bench.train import CONFIGS, make_region
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", choices=sorted(CONFIGS), default="demo")
+    p.add_argument("--world-m", type=float, default=1200.0, help="side of the synthetic region, metres")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workdir", help="keep the synthetic region here (default: a temporary directory)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from vglpipe.cells import enumerate_file
+    from vglpipe.demo.regions import DemoRegion
+    from vglpipe.model import create_model
+    from vglpipe.search.embedding import embed_cell_shard
+    from vglpipe.settings import Settings
+
+    cfg = CONFIGS[args.config]
+    settings = Settings({**cfg, "experiments": {"bench": {}}})
+    exp = settings.experiment("bench")
+    tmp = tempfile.TemporaryDirectory() if args.workdir is None else None
+    wd = Path(args.workdir or tmp.name)
+    wd.mkdir(parents=True, exist_ok=True)
+    region = make_region(wd, settings, args.world_m, 50)
+    cells = wd / "cells.parquet"
+    n = enumerate_file(DemoRegion(42.40, -71.10, args.world_m).boundary(), settings.layout.test_layout(), cells)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = device.type == "cuda"
+    torch.manual_seed(0)
+    model = create_model(exp.model.name, n_lods=exp.lods.n_lods).to(device).eval()
+    if amp:
+        model = model.to(memory_format=torch.channels_last)
+    P = model.config.aerial_size
+    # the tower alone
+    x = torch.randint(0, 255, (args.batch_size, exp.lods.n_lods, P, P, 3), dtype=torch.uint8)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        model.embed_aerial(model.preprocess(x.to(device), layout="channels_last"))
+        t = time.perf_counter()
+        for _ in range(3):
+            model.embed_aerial(model.preprocess(x.to(device), layout="channels_last"))
+        if amp:
+            torch.cuda.synchronize()
+    model_rate = 3 * args.batch_size / (time.perf_counter() - t)
+    # the sampler alone
+    from vglpipe.aerial.sampler import AerialSampler
+    from vglpipe.store.tables import read_table
+
+    tab = read_table(cells, ["lat", "lon"])
+    with AerialSampler(region.aerial_index, spec=exp.lods) as s:
+        t = time.perf_counter()
+        got = sum(len(part.index) for part in s.sample_cells(tab["lat"].to_numpy(), tab["lon"].to_numpy()))
+    sampler_rate = got / (time.perf_counter() - t)
+    # the whole path, as the stage runs it
+    out = wd / f"emb-{time.time_ns()}"
+    out.mkdir()
+    info = embed_cell_shard(model, "bench", cells, region.aerial_index, exp.lods, out, 0, 1, 4096, args.batch_size,
+                            0.5, args.workers, device, amp, progress=False)
+    figures = {"config": args.config, "device": device.type, "cells": n, "cells_per_s": info["cells_per_s"],
+               "data_wait_fraction": info["data_wait_fraction"], "sampler_cells_per_s": round(sampler_rate, 1),
+               "model_cells_per_s": round(model_rate, 1), "workers": args.workers, "batch_size": args.batch_size,
+               "peak_rss_mb": round(peak_rss_mb(), 1)}
+    if device.type == "cuda":
+        figures["gpu"] = torch.cuda.get_device_name()
+    print(f"{n} cells: {figures['cells_per_s']} cells/s end to end ({args.workers} workers, data wait "
+          f"{100 * (figures['data_wait_fraction'] or 0):.0f} %); sampler alone {sampler_rate:.0f} cells/s, "
+          f"model alone {model_rate:.0f} cells/s", flush=True)
+    return figures

@@ -1,0 +1,162 @@
+"""Training throughput: the data path per worker and the training loop (model + loader).
+
+Setup (not timed): a synthetic world of ``--world-m`` metres with its COGs and ``--photos``
+rendered photos in a photo store, as the demo makes them. Then
+
+* ``loader_samples_per_s_per_worker``: training samples (photo decode + resize, a rotated
+  multi-LOD cell cut from the COGs, colour jitter) built by one process, one thread, warm;
+* ``samples_per_s`` and ``data_wait_fraction``: the training loop (forward, loss, backward,
+  step) with the config's DataLoader workers, after ``--warmup`` steps;
+* ``peak_rss_mb`` of this process.
+
+``--config demo`` (the demo model, 2 CPU cores) by default; ``--config paper`` measures the paper's
+model on a GPU (``step_s``, ``peak_gpu_mem_gb`` and the GPU's name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vglpipe.bench._util import peak_rss_mb
+
+CONFIGS = {
+    "demo": {"model": {"name": "demo", "pretrained": False}, "aerial": {"patch_px": 64, "m_per_px": 1.2},
+             "train": {"batch_size": 64, "workers": 1, "mining": {"enabled": False}}},
+    "paper": {"model": {"name": "paper", "pretrained": False},
+              "train": {"batch_size": 30, "workers": 8, "mining": {"enabled": False}}},
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", choices=sorted(CONFIGS), default="demo")
+    p.add_argument("--world-m", type=float, default=600.0, help="side of the synthetic region, metres")
+    p.add_argument("--photos", type=int, default=400)
+    p.add_argument("--steps", type=int, default=30, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--loader-samples", type=int, default=300)
+    p.add_argument("--workers", type=int, help="DataLoader workers (default: the config's)")
+    p.add_argument("--workdir", help="keep the synthetic region here (default: a temporary directory)")
+
+
+def make_region(d: Path, settings, world_m: float, photos: int):
+    """A synthetic training region as the demo makes it (world, COGs, crawled-like photo store, cells)."""
+    from vglpipe.aerial.cog import CogOptions, build_cogs, build_index
+    from vglpipe.cells import assign_file
+    from vglpipe.demo.fake_mapillary import load_source
+    from vglpipe.demo.photos import RenderSettings, render_source
+    from vglpipe.demo.regions import DemoRegion
+    from vglpipe.demo.world import make_world, write_world
+    from vglpipe.settings import CrawlSettings
+    from vglpipe.sources.mapillary import Token, crawl
+    from vglpipe.train.data import RegionFiles
+
+    files = RegionFiles("bench", d / "photos", d / "photo_cells.parquet", d / "index.parquet")
+    if files.aerial_index.exists() and files.photo_cells.exists():
+        return files
+    center = (42.40, -71.10)
+    region = DemoRegion(*center, world_m).boundary()
+    world = make_world(7, *center, world_m + 2 * settings.download_margin_m, m_per_px=0.4)
+    write_world(world, d / "color.tif", d / "height.tif")
+    rep = build_cogs([d / "color.tif"], d / "cogs", CogOptions(), progress=False)
+    build_index(rep.cogs, d / "index.parquet")
+    render_source(world, region, d / "source", RenderSettings(n=photos, seed=1, internal_scale=0.25))
+    token = "MLY|bench|train"
+    with load_source(d / "source", token) as fake:
+        crawl(region, d / "photos", Token(token), CrawlSettings.defaults(base_url=fake.url, timeout_s=5.0),
+              progress=False)
+    layout = settings.layout
+    assign_file(d / "photos" / "metadata.parquet", region, layout.train_layout(), layout.test_layout(),
+                d / "photo_cells.parquet")
+    return files
+
+
+def run(args: argparse.Namespace) -> dict:
+    from vglpipe.settings import Settings
+    from vglpipe.train.data import Jitter, SampleSpec, TrainingPhotos, TrainStream
+    from vglpipe.train.loop import Trainer
+
+    cfg = CONFIGS[args.config]
+    settings = Settings({**cfg, "train": {**cfg["train"], "steps": args.warmup + args.steps, "log_every": 10**6,
+                                         "checkpoint_every": 10**6}, "experiments": {"bench": {}}})
+    exp = settings.experiment("bench")
+    tmp = tempfile.TemporaryDirectory() if args.workdir is None else None
+    wd = Path(args.workdir or tmp.name)
+    wd.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    region = make_region(wd, settings, args.world_m, args.photos)
+    print(f"setup: {args.world_m:.0f} m region, {args.photos} photos, {time.perf_counter() - t0:.1f} s", flush=True)
+
+    # the data path alone: one process, one thread, warm caches
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    from vglpipe.model import model_config
+
+    mc = model_config(exp.model.name)
+    j = exp.train.jitter
+    stream = TrainStream(TrainingPhotos([region]), SampleSpec(tuple(mc.street_size), mc.aerial_size, exp.lods,
+                                                              exp.t_max_m, Jitter(j.brightness, j.contrast, j.saturation, j.hue), 0))
+    for k in range(50):
+        stream[k]
+    t = time.perf_counter()
+    for k in range(50, 50 + args.loader_samples):
+        stream[k]
+    loader_rate = args.loader_samples / (time.perf_counter() - t)
+    print(f"data path: {loader_rate:.0f} samples/s per worker (1 thread)", flush=True)
+    torch.set_num_threads(torch.get_num_interop_threads() or 1)
+
+    # the training loop: warm-up steps, then timed ones
+    out = wd / f"train-{time.time_ns()}"
+    trainer = Trainer(exp, [region], out, progress=False, workers=args.workers)
+    device = str(trainer.device)
+    warm = _WarmTimer()
+    summary = warm.run(trainer, args.warmup)
+    figures = {
+        "config": args.config, "device": device.split(":")[0],
+        "samples_per_s": round(warm.timed_samples / warm.timed_s, 1),
+        "loader_samples_per_s_per_worker": round(loader_rate, 1),
+        "data_wait_fraction": round(warm.wait_s / warm.timed_s, 4),
+        "workers": trainer.workers, "batch_size": exp.train.batch_size, "steps": args.steps,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    if device.startswith("cuda"):
+        figures.update(step_s=round(warm.timed_s / args.steps, 4), gpu=torch.cuda.get_device_name(),
+                       peak_gpu_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2))
+    print(f"training ({figures['device']}, {trainer.workers} workers, batch {exp.train.batch_size}): "
+          f"{figures['samples_per_s']} samples/s, data wait {100 * figures['data_wait_fraction']:.1f} % "
+          f"(final loss {summary.final_loss})", flush=True)
+    return figures
+
+
+class _WarmTimer:
+    """Runs a Trainer, timing the steps after the warm-up: wall time per step, and the part of it
+    spent outside the step (waiting for the loader's next batch)."""
+
+    def run(self, trainer, warmup: int):
+        orig_step = trainer._step
+        self.timed_s = self.wait_s = 0.0
+        self.timed_samples = 0
+        state = {"n": 0, "prev_end": None}
+
+        def step(batch):
+            start = time.perf_counter()
+            out = orig_step(batch)
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize()
+            end = time.perf_counter()
+            if state["n"] >= warmup and state["prev_end"] is not None:
+                self.wait_s += start - state["prev_end"]
+                self.timed_s += end - state["prev_end"]
+                self.timed_samples += trainer.t.batch_size
+            state["n"] += 1
+            state["prev_end"] = end
+            return out
+
+        trainer._step = step
+        return trainer.run()
