@@ -28,31 +28,9 @@ def tiny_settings(**train) -> Settings:
 
 @pytest.fixture(scope="session")
 def train_region(tmp_path_factory):
-    from vglpipe.aerial.cog import CogOptions, build_cogs, build_index
-    from vglpipe.cells import assign_file
-    from vglpipe.demo.fake_mapillary import load_source
-    from vglpipe.demo.photos import RenderSettings, render_source
-    from vglpipe.demo.regions import DemoRegion
-    from vglpipe.demo.world import make_world, write_world
-    from vglpipe.settings import CrawlSettings
-    from vglpipe.sources.mapillary import Token, crawl
-    from vglpipe.train.data import RegionFiles
+    from vglpipe.aerial.cog import CogOptions
+    from vglpipe.demo.region_files import make_region_files
 
     d: Path = tmp_path_factory.mktemp("train-region")
-    settings = tiny_settings()
-    margin = settings.download_margin_m
-    region = DemoRegion(*CENTER, REGION_M).boundary()
-    world = make_world(5, *CENTER, REGION_M + 2 * margin, m_per_px=0.4)
-    write_world(world, d / "color.tif", d / "height.tif")
-    rep = build_cogs([d / "color.tif"], d / "cogs", CogOptions(tile_px=1024, blocksize=256, min_overviews=2),
-                     progress=False)
-    build_index(rep.cogs, d / "index.parquet")
-    render_source(world, region, d / "source", RenderSettings(n=150, seed=1, internal_scale=0.25))
-    token = "MLY|test|tiny-train-region"
-    with load_source(d / "source", token) as fake:
-        crawl(region, d / "photos", Token(token), CrawlSettings.defaults(base_url=fake.url, timeout_s=5.0),
-              progress=False)
-    layout = settings.layout
-    assign_file(d / "photos" / "metadata.parquet", region, layout.train_layout(), layout.test_layout(),
-                d / "photo_cells.parquet")
-    return RegionFiles("tiny", d / "photos", d / "photo_cells.parquet", d / "index.parquet")
+    return make_region_files(d, tiny_settings(), REGION_M, photos=150, seed=5, center=CENTER,
+                             cog_options=CogOptions(tile_px=1024, blocksize=256, min_overviews=2))

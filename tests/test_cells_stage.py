@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import shapely
+import shapely.ops
 import yaml
 from pyproj import Geod
 
@@ -148,3 +149,17 @@ def test_cells_stage_through_snakemake(workflow_dir):
 
     again = run_snakemake(workflow_dir, *TOWN_TARGETS, "--configfile", "town.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_swapped_lat_lon_boundary_is_refused_with_a_hint(tmp_path):
+    photos_path, boundary, _ = write_inputs(tmp_path)
+    geom = REGION.boundary()
+    swapped = shapely.ops.transform(lambda x, y: (y, x), geom)
+    write_boundary(swapped, tmp_path / "swapped.geojson", "swapped")
+    cmd = [sys.executable, "-m", "vglpipe.cells", "--settings", to_json(Settings({}).cells_stage()),
+           "--photos", str(photos_path), "--boundary", str(tmp_path / "swapped.geojson"),
+           "--out-photo-cells", str(tmp_path / "pc.parquet"), "--out-cells", str(tmp_path / "c.parquet")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=tool_env())
+    assert proc.returncode == 2
+    assert "none of the" in proc.stderr and "[lat, lon]" in proc.stderr and "swapped.geojson" in proc.stderr
+    assert not (tmp_path / "pc.parquet").exists()

@@ -143,3 +143,25 @@ def test_bad_region_file_is_named(tmp_path, content, msg):
     r = _run([sys.executable, "-m", "vglpipe.crawl", "--config", str(ROOT / "workflow_config.yaml"),
               "--region-geojson", str(f), "--out", str(tmp_path / "o")], _env())
     assert r.returncode == 2 and msg in r.stderr and str(f) in r.stderr
+
+
+def test_kill9_of_the_demo_wrapper_leaves_no_server_or_token_behind(world, tmp_path):
+    """The demo runs the crawl inside `python -m vglpipe.demo serve-mapillary`: killing that (as a
+    cancelled job would be) must take the fake API with it and leave no token file."""
+    import psutil
+
+    before = set(Path("/tmp").glob("vgl-fake-*"))
+    cmd = [sys.executable, "-m", "vglpipe.demo", "serve-mapillary", "--settings", '{"fault_rate":0.0,"latency_ms":0.0}',
+           "--source", str(world / "src"), "--", sys.executable, "-c", "import time; time.sleep(120)"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wrapper = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    while len(wrapper.children()) < 2 and time.monotonic() < deadline:  # the fake API and the command
+        time.sleep(0.1)
+    children = wrapper.children()
+    assert len(children) == 2, "the wrapper did not start the fake API and the command"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, f"left running: {[p.cmdline()[:4] for p in alive]}"
+    assert set(Path("/tmp").glob("vgl-fake-*")) <= before

@@ -295,3 +295,16 @@ def test_metadata_export_in_chunks_equals_the_crawl_output(clean, tmp_path):
     assert chunked.replace_schema_metadata(None).equals(whole.replace_schema_metadata(None))
     ids = chunked.column("image_id").to_numpy()
     assert (np.diff(ids) > 0).all()
+
+
+@pytest.mark.parametrize("status, body", [
+    (400, {"error": {"message": "Invalid OAuth access token - Cannot parse access token", "type": "OAuthException",
+                     "code": 190, "fbtrace_id": "x"}}),
+    (401, {"error": {"message": "unauthorized"}}),
+])
+def test_invalid_token_answers_stop_with_a_token_hint(status, body):
+    from vglpipe.sources.mapillary.api import classify_answer
+
+    exc = classify_answer(status, json.dumps(body).encode(), "search bbox=1,2,3,4", Token(TOKEN))
+    assert isinstance(exc, AuthError) and "access token" in str(exc) and "MAPILLARY_ACCESS_TOKEN" in str(exc)
+    assert TOKEN not in str(exc)

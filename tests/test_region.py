@@ -53,3 +53,31 @@ def test_bad_boundaries_name_the_file(tmp_path, content, message):
     with pytest.raises(RegionError, match=message) as info:
         load_boundary(path)
     assert "bad.geojson" in str(info.value)
+
+
+def test_antimeridian_crossing_is_refused(tmp_path):
+    path = tmp_path / "fiji.geojson"
+    ring = [(179.5, -17.0), (-179.5, -17.0), (-179.5, -16.0), (179.5, -16.0), (179.5, -17.0)]
+    path.write_text(json.dumps(mapping(Polygon(ring))))
+    with pytest.raises(RegionError, match="antimeridian"):
+        load_boundary(path)
+
+
+def test_small_self_intersection_is_repaired_and_reported(tmp_path, caplog):
+    # a square whose closing edge crosses its first edge: a tiny second lobe
+    ring = [(-71.1, 42.3), (-71.0, 42.3), (-71.0, 42.4), (-71.1, 42.4), (-71.099, 42.299), (-71.1, 42.3)]
+    path = tmp_path / "sliver.geojson"
+    path.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
+    with caplog.at_level("WARNING"):
+        geom = load_boundary(path)
+    assert geom.is_valid and geom.area == pytest.approx(0.00995, rel=0.01)
+    assert "repaired an invalid boundary" in caplog.text and "sliver.geojson" in caplog.text
+
+
+def test_bowtie_boundary_is_refused(tmp_path):
+    """A self-intersecting 'bowtie' would silently become a different MultiPolygon."""
+    path = tmp_path / "bowtie.geojson"
+    ring = [(-71.1, 42.3), (-71.0, 42.4), (-71.0, 42.3), (-71.1, 42.4), (-71.1, 42.3)]
+    path.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
+    with pytest.raises(RegionError, match=r"bowtie.geojson: the boundary is not a valid polygon .*changes its area"):
+        load_boundary(path)

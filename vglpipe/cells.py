@@ -24,10 +24,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 import shapely
+import shapely.ops
 from shapely.geometry.base import BaseGeometry
 
 from vglpipe import cli
 from vglpipe.geo.layout import Layout, pack_ids
+from vglpipe.errors import RegionError
 from vglpipe.geo.region import load_boundary
 from vglpipe.settings import CellsStage, Settings
 from vglpipe.store.atomic import atomic_write_text
@@ -134,12 +136,36 @@ def enumerate_file(region: BaseGeometry, layout: Layout, out) -> int:
     return cells.num_rows
 
 
+def check_overlap(region: BaseGeometry, photos_path, boundary_path) -> None:
+    """Refuse a region that holds none of the photos, saying what is probably wrong."""
+    photos = read_table(photos_path, ["lat", "lon"])
+    lat, lon = photos["lat"].to_numpy(), photos["lon"].to_numpy()
+    ok = np.isfinite(lat) & np.isfinite(lon)
+    if not ok.any():
+        raise RegionError(f"{photos_path}: no photos with coordinates for region {boundary_path}: did the crawl "
+                          "find any? (see its crawl_report.json)")
+    if shapely.intersects_xy(region, lon[ok], lat[ok]).any():
+        return
+    hint = ""
+    swapped = shapely.ops.transform(lambda x, y: (y, x), region)
+    if shapely.intersects_xy(swapped, lon[ok], lat[ok]).any():
+        hint = " The photos lie inside the boundary with its coordinates swapped: GeoJSON is [lon, lat], was it written as [lat, lon]?"
+    raise RegionError(
+        f"{boundary_path}: none of the {int(ok.sum())} photos of {photos_path} lies inside the region (region bounds "
+        f"lon/lat {tuple(round(v, 4) for v in region.bounds)}, photos lon {lon[ok].min():.4f}..{lon[ok].max():.4f}, "
+        f"lat {lat[ok].min():.4f}..{lat[ok].max():.4f}).{hint}")
+
+
 def main(args: argparse.Namespace) -> None:
     layout = cli.stage_settings(args, CellsStage, Settings.cells_stage).layout
     train_layout, test_layout = layout.train_layout(), layout.test_layout()
     region = load_boundary(args.boundary)
+    check_overlap(region, args.photos, args.boundary)
     summary = assign_file(args.photos, region, train_layout, test_layout, args.out_photo_cells)
     n_cells = enumerate_file(region, test_layout, args.out_cells)
+    if n_cells == 0:
+        raise RegionError(f"{args.boundary}: no {test_layout.cell_m:g} m cell centre lies inside the region "
+                          f"(bounds {region.bounds}); is it smaller than one cell?")
     if args.out_summary:
         meta = {"train_layout": train_layout.describe(), "test_layout": test_layout.describe()}
         atomic_write_text(

@@ -49,8 +49,12 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="a workflow config file (e.g. workflow_config.yaml) to take them from")
 
 
-def stage_settings(args: argparse.Namespace, cls: type[T], build: Callable[[Settings], T]) -> T:
-    """The stage's settings bundle from ``--settings`` or, built by ``build``, from ``--config``."""
+def stage_settings(args: argparse.Namespace, cls: type[T], build: Callable[..., T], *needs: str) -> T:
+    """The stage's settings bundle from ``--settings`` or from ``--config``: ``build(settings,
+    *(args.<need> ...))``, e.g. ``stage_settings(args, DownloadStage, Settings.download_stage, "region")``."""
     if args.settings is not None:
         return from_json(cls, args.settings)
-    return build(Settings.load(args.config))
+    missing = [n for n in needs if not getattr(args, n, None)]
+    if missing:
+        raise VglpipeError(f"--config needs {', '.join('--' + n for n in missing)}")
+    return build(Settings.load(args.config), *(getattr(args, n) for n in needs))

@@ -24,7 +24,7 @@ import torch
 
 from vglpipe import cli
 from vglpipe.errors import InputError
-from vglpipe.settings import EmbedStage
+from vglpipe.settings import EmbedStage, Settings
 
 log = logging.getLogger("vglpipe.embed")
 
@@ -32,9 +32,7 @@ log = logging.getLogger("vglpipe.embed")
 def _setup(args):
     from vglpipe.train.loop import load_model
 
-    if args.settings is None and not args.experiment:
-        raise InputError("--config needs --experiment")
-    st = cli.stage_settings(args, EmbedStage, lambda s: s.embed_stage(args.experiment))
+    st = cli.stage_settings(args, EmbedStage, Settings.embed_stage, "experiment")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, weights_id, _ = load_model(Path(args.model), device)
     amp = device.type == "cuda" and st.embed.precision == "auto"

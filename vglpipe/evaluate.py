@@ -21,8 +21,7 @@ import sys
 from pathlib import Path
 
 from vglpipe import cli
-from vglpipe.errors import InputError
-from vglpipe.settings import EvaluateStage
+from vglpipe.settings import EvaluateStage, Settings
 
 log = logging.getLogger("vglpipe.evaluate")
 
@@ -33,9 +32,7 @@ def main(args: argparse.Namespace) -> int:
     from vglpipe.search.evaluation import evaluate, load_queries
     from vglpipe.search.spec import SEARCH_FIELDS
 
-    if args.settings is None and not args.region:
-        raise InputError("--config needs --region")
-    st = cli.stage_settings(args, EvaluateStage, lambda s: s.evaluate_stage(args.region))
+    st = cli.stage_settings(args, EvaluateStage, Settings.evaluate_stage, "region")
     vectors, ids, info = read_embeddings(Path(args.embeddings) / "photos.npy")
     index = CellIndex.load(args.index, expect={"weights_id": info["weights_id"]})
     index.configure(**{k: getattr(st.index, k) for k in SEARCH_FIELDS})

@@ -14,23 +14,17 @@ import argparse
 import logging
 
 from vglpipe import cli
-from vglpipe.errors import ConfigError, RasterError
-from vglpipe.settings import DownloadStage, TileStage
+from vglpipe.errors import RasterError
+from vglpipe.settings import DownloadStage, Settings, TileStage
 
 log = logging.getLogger("vglpipe.orthophotos")
-
-
-def _stage(args, cls, method):
-    if args.settings is None and not args.region:
-        raise ConfigError("--config needs --region")
-    return cli.stage_settings(args, cls, lambda s: getattr(s, method)(args.region))
 
 
 def _download(args) -> int:
     from vglpipe.geo.region import load_boundary
     from vglpipe.sources.orthophoto import area_polygon, download
 
-    st = _stage(args, DownloadStage, "download_stage")
+    st = cli.stage_settings(args, DownloadStage, Settings.download_stage, "region")
     area = area_polygon(load_boundary(args.boundary), st.margin_m)
     rep = download(st.source, area, args.out, progress=not args.no_progress)
     log.info("download %s: %d planned, %d fetched, %d already there, %d blank, %d missing, %d retries %s",
@@ -43,7 +37,7 @@ def _tile(args) -> int:
     from vglpipe.aerial.cog import CogOptions, build_cogs, build_index
     from vglpipe.sources.orthophoto import downloaded_rasters
 
-    st = _stage(args, TileStage, "tile_stage")
+    st = cli.stage_settings(args, TileStage, Settings.tile_stage, "region")
     inputs = downloaded_rasters(args.downloads)
     c = st.cog
     opts = CogOptions(tile_px=c.tile_px, blocksize=c.blocksize, compress=c.compress, quality=c.quality,

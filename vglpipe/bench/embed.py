@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from vglpipe.bench._util import peak_rss_mb
-from vglpipe.bench.train import CONFIGS, make_region
+from vglpipe.bench.train import CONFIGS
+from vglpipe.demo.region_files import make_region_files
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> dict:
     tmp = tempfile.TemporaryDirectory() if args.workdir is None else None
     wd = Path(args.workdir or tmp.name)
     wd.mkdir(parents=True, exist_ok=True)
-    region = make_region(wd, settings, args.world_m, 50)
+    region = make_region_files(wd, settings, args.world_m, 50)
     cells = wd / "cells.parquet"
     n = enumerate_file(DemoRegion(42.40, -71.10, args.world_m).boundary(), settings.layout.test_layout(), cells)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from vglpipe.bench._util import peak_rss_mb
+from vglpipe.demo.region_files import make_region_files
 
 CONFIGS = {
     "demo": {"model": {"name": "demo", "pretrained": False}, "aerial": {"patch_px": 64, "m_per_px": 1.2},
@@ -43,38 +44,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", help="keep the synthetic region here (default: a temporary directory)")
 
 
-def make_region(d: Path, settings, world_m: float, photos: int):
-    """A synthetic training region as the demo makes it (world, COGs, crawled-like photo store, cells)."""
-    from vglpipe.aerial.cog import CogOptions, build_cogs, build_index
-    from vglpipe.cells import assign_file
-    from vglpipe.demo.fake_mapillary import load_source
-    from vglpipe.demo.photos import RenderSettings, render_source
-    from vglpipe.demo.regions import DemoRegion
-    from vglpipe.demo.world import make_world, write_world
-    from vglpipe.settings import CrawlSettings
-    from vglpipe.sources.mapillary import Token, crawl
-    from vglpipe.train.data import RegionFiles
-
-    files = RegionFiles("bench", d / "photos", d / "photo_cells.parquet", d / "index.parquet")
-    if files.aerial_index.exists() and files.photo_cells.exists():
-        return files
-    center = (42.40, -71.10)
-    region = DemoRegion(*center, world_m).boundary()
-    world = make_world(7, *center, world_m + 2 * settings.download_margin_m, m_per_px=0.4)
-    write_world(world, d / "color.tif", d / "height.tif")
-    rep = build_cogs([d / "color.tif"], d / "cogs", CogOptions(), progress=False)
-    build_index(rep.cogs, d / "index.parquet")
-    render_source(world, region, d / "source", RenderSettings(n=photos, seed=1, internal_scale=0.25))
-    token = "MLY|bench|train"
-    with load_source(d / "source", token) as fake:
-        crawl(region, d / "photos", Token(token), CrawlSettings.defaults(base_url=fake.url, timeout_s=5.0),
-              progress=False)
-    layout = settings.layout
-    assign_file(d / "photos" / "metadata.parquet", region, layout.train_layout(), layout.test_layout(),
-                d / "photo_cells.parquet")
-    return files
-
-
 def run(args: argparse.Namespace) -> dict:
     from vglpipe.settings import Settings
     from vglpipe.train.data import Jitter, SampleSpec, TrainingPhotos, TrainStream
@@ -88,7 +57,7 @@ def run(args: argparse.Namespace) -> dict:
     wd = Path(args.workdir or tmp.name)
     wd.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    region = make_region(wd, settings, args.world_m, args.photos)
+    region = make_region_files(wd, settings, args.world_m, args.photos)
     print(f"setup: {args.world_m:.0f} m region, {args.photos} photos, {time.perf_counter() - t0:.1f} s", flush=True)
 
     # the data path alone: one process, one thread, warm caches

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 from vglpipe import cli
-from vglpipe.errors import InputError
 from vglpipe.settings import (
     DemoBoundaryStage,
     DemoStreetviewStage,
@@ -30,17 +29,11 @@ from vglpipe.settings import (
 log = logging.getLogger("vglpipe.demo")
 
 
-def _region_settings(args, cls, method):
-    if args.settings is None and not args.region:
-        raise InputError("--config needs --region")
-    return cli.stage_settings(args, cls, lambda s: getattr(s, method)(args.region))
-
-
 def _boundary(args) -> int:
     from vglpipe.demo.regions import DemoRegion
     from vglpipe.geo.region import write_boundary
 
-    st = _region_settings(args, DemoBoundaryStage, "demo_boundary_stage")
+    st = cli.stage_settings(args, DemoBoundaryStage, Settings.demo_boundary_stage, "region")
     geom = DemoRegion(st.center_lat, st.center_lon, st.size_m).boundary()
     write_boundary(geom, args.out, args.region or "demo")
     return 0
@@ -49,7 +42,7 @@ def _boundary(args) -> int:
 def _world(args) -> int:
     from vglpipe.demo.world import make_world, write_world
 
-    st = _region_settings(args, DemoWorldStage, "demo_world_stage")
+    st = cli.stage_settings(args, DemoWorldStage, Settings.demo_world_stage, "region")
     size = st.size_m + 2 * st.margin_m
     world = make_world(st.seed, st.center_lat, st.center_lon, size, st.m_per_px)
     write_world(world, args.out_color, args.out_height)
@@ -62,7 +55,7 @@ def _streetview(args) -> int:
     from vglpipe.demo.world import read_world
     from vglpipe.geo.region import load_boundary
 
-    st = _region_settings(args, DemoStreetviewStage, "demo_streetview_stage")
+    st = cli.stage_settings(args, DemoStreetviewStage, Settings.demo_streetview_stage, "region")
     world = read_world(args.world_color, args.world_height)
     region = load_boundary(args.boundary)
     render_source(world, region, args.out, RenderSettings(n=st.photos, seed=(st.seed, st.world_seed),
@@ -105,7 +98,7 @@ def reset_if_source_changed(crawl_out: Path, source: Path) -> None:
 def _serve_orthophotos(args) -> int:
     from vglpipe.demo.serve import fake_orthophotos, run_command, with_url
 
-    st = _region_settings(args, OrthophotoServerSettings, "fake_orthophoto_stage")
+    st = cli.stage_settings(args, OrthophotoServerSettings, Settings.fake_orthophoto_stage, "region")
     with fake_orthophotos(args.world_color, args.world_height, st) as url:
         return run_command(with_url(_command(args), url))
 

@@ -17,6 +17,7 @@ import ctypes
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,16 +78,19 @@ def fake_mapillary(source: str | os.PathLike, token: str, latency_ms: float = 0.
     """The fake Mapillary API serving ``source`` (accepting ``token``) as a child process; yields its URL."""
     if not (Path(source) / "source.parquet").exists():
         raise InputError(f"{source}: no source.parquet (render the demo street views first)")
-    with tempfile.TemporaryDirectory(prefix="vgl-fake-") as tmp:
-        token_file = Path(tmp) / "token"
+    tmp = Path(tempfile.mkdtemp(prefix="vgl-fake-"))
+    try:
+        token_file = tmp / "token"
         token_file.touch(mode=0o600)
         token_file.write_text(token)
-        proc, url = start_fake_mapillary(source, token_file, Path(tmp) / "url", latency_ms, fault_rate, extra_args)
-        try:
-            log.info("fake Mapillary API serving %s at %s (pid %d)", source, url, proc.pid)
-            yield url
-        finally:
-            stop_process(proc)
+        proc, url = start_fake_mapillary(source, token_file, tmp / "url", latency_ms, fault_rate, extra_args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the server has read the token: nothing is left if we are killed
+    try:
+        log.info("fake Mapillary API serving %s at %s (pid %d)", source, url, proc.pid)
+        yield url
+    finally:
+        stop_process(proc)
 
 
 @contextlib.contextmanager

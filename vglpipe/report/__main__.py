@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vglpipe import cli
 from vglpipe.errors import InputError
-from vglpipe.settings import ReportStage
+from vglpipe.settings import ReportStage, Settings
 
 log = logging.getLogger("vglpipe.report")
 
@@ -28,9 +28,7 @@ def main(args: argparse.Namespace) -> int:
     from vglpipe.report.assemble import EvalFiles, examples, experiment_result, run_facts
     from vglpipe.search import read_info
 
-    if args.settings is None and not args.experiment:
-        raise InputError("--config needs --experiment")
-    st = cli.stage_settings(args, ReportStage, lambda s: s.report_stage())
+    st = cli.stage_settings(args, ReportStage, Settings.report_stage)
     root, region, main_exp = Path(args.root), args.region, args.experiment
     names = dict(st.experiments)
     if main_exp not in names:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vglpipe import cli
 from vglpipe.errors import InputError
-from vglpipe.settings import TrainStage
+from vglpipe.settings import Settings, TrainStage
 from vglpipe.store.atomic import atomic_write_text
 
 log = logging.getLogger("vglpipe.train")
@@ -45,9 +45,7 @@ def main(args: argparse.Namespace) -> int:
     from vglpipe.train import distributed as dd
     from vglpipe.train.loop import Trainer
 
-    if args.settings is None and not args.experiment:
-        raise InputError("--config needs --experiment")
-    st = cli.stage_settings(args, TrainStage, lambda s: s.train_stage(args.experiment))
+    st = cli.stage_settings(args, TrainStage, Settings.train_stage, "experiment")
     regions = [parse_region(r) for r in args.region]
     trainer = Trainer(st.experiment, regions, args.out, device=args.device, progress=not args.no_progress,
                       workers=args.workers)

@@ -250,10 +250,11 @@ def classify_answer(status: int, body: bytes, what: str, token: Token) -> Except
     except ValueError:
         pass
     message = token.redact(str(err.get("message", ""))[:200])
-    if status == 401:
+    if status == 401 or err.get("code") == 190 or err.get("type") == "OAuthException":
+        # Graph-style invalid-token answers come as HTTP 400 with code 190 / OAuthException
         return AuthError(
-            token.redact(f"Mapillary rejected the access token (HTTP 401) for {what}: {message}"
-                      " — check MAPILLARY_ACCESS_TOKEN / the token file")
+            token.redact(f"Mapillary rejected the access token (HTTP {status}, {err.get('type') or 'unauthorized'}) "
+                         f"for {what}: {message} — check MAPILLARY_ACCESS_TOKEN / the token file")
         )
     if status == 429 or err.get("code") in (4, 17, 32, 613):
         return RateLimited(f"HTTP {status} {message}")
