@@ -308,3 +308,14 @@ def test_invalid_token_answers_stop_with_a_token_hint(status, body):
     exc = classify_answer(status, json.dumps(body).encode(), "search bbox=1,2,3,4", Token(TOKEN))
     assert isinstance(exc, AuthError) and "access token" in str(exc) and "MAPILLARY_ACCESS_TOKEN" in str(exc)
     assert TOKEN not in str(exc)
+
+
+@pytest.mark.parametrize("status, body", [
+    (429, {"error": {"message": "Application request limit reached", "type": "OAuthException", "code": 4}}),
+    (400, {"error": {"message": "User request limit reached", "type": "OAuthException", "code": 17}}),
+])
+def test_rate_limit_answers_typed_oauth_are_retried_not_fatal(status, body):
+    from vglpipe.sources.mapillary.api import RateLimited, classify_answer
+
+    exc = classify_answer(status, json.dumps(body).encode(), "search bbox=1,2,3,4", Token(TOKEN))
+    assert isinstance(exc, RateLimited)

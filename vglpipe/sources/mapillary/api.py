@@ -250,14 +250,17 @@ def classify_answer(status: int, body: bytes, what: str, token: Token) -> Except
     except ValueError:
         pass
     message = token.redact(str(err.get("message", ""))[:200])
-    if status == 401 or err.get("code") == 190 or err.get("type") == "OAuthException":
+    # rate limits first: Graph-style rate-limit answers are also typed OAuthException
+    if status == 429 or err.get("code") in (4, 17, 32, 613):
+        return RateLimited(f"HTTP {status} {message}")
+    if status == 401 or err.get("code") in (102, 190) or (
+        err.get("type") == "OAuthException" and status in (400, 403)
+    ):
         # Graph-style invalid-token answers come as HTTP 400 with code 190 / OAuthException
         return AuthError(
             token.redact(f"Mapillary rejected the access token (HTTP {status}, {err.get('type') or 'unauthorized'}) "
                          f"for {what}: {message} — check MAPILLARY_ACCESS_TOKEN / the token file")
         )
-    if status == 429 or err.get("code") in (4, 17, 32, 613):
-        return RateLimited(f"HTTP {status} {message}")
     if status >= 500 or err.get("is_transient") or err.get("code") in (1, 2):
         return Transient(f"HTTP {status} {message}")
     if status == 404 or err.get("code") == 100:
