@@ -1,7 +1,11 @@
 # Orthophoto stage: provider imagery (WMS / XYZ tiles / bulk tiles) -> COGs + footprint index.
 #   resources/aerial/{region}/downloads/   raw chips/tiles (resumable; manifest.json written last)
 #   results/aerial/{region}/cogs/*.tif     Cloud-Optimized GeoTIFFs (JPEG, 256 blocks, overviews)
-#   results/aerial/{region}/index.parquet  footprint index (file, CRS, bounds, resolution, date)
+#   results/aerial/{region}/index.parquet  footprint index (file, CRS, bounds, res_m, ground m_per_px, date;
+#                                          metadata: inputs skipped as unusable)
+# Bulk files are validated before they count as downloaded (and again on a rerun if changed);
+# tiling converts 16-bit / 4-band inputs, skips and reports unusable ones and fails above
+# aerial.quality.max_skipped_fraction.
 # Only manifest.json is declared as the download's output: Snakemake must never delete the
 # tiles of an interrupted download, which the rerun resumes from.
 

@@ -132,9 +132,12 @@ def test_real_landsat_file_with_nodata_borders(reference_data, tmp_path):
         assert covc[0] == 1.0
 
 
-def test_all_nodata_uint16_is_refused_clearly(reference_data, tmp_path):
-    with pytest.raises(RasterError, match="all-nodata.tif.*8-bit"):
-        build_cogs([reference_data / "all-nodata.tif"], tmp_path / "cogs", progress=False)
+def test_all_nodata_uint16_is_converted_then_reported_without_data(reference_data, tmp_path):
+    # 16-bit BGR+undefined: converted (stretch, bands by colour interpretation), then found all nodata
+    src = reference_data / "all-nodata.tif"
+    rep = build_cogs([src], tmp_path / "cogs", progress=False)
+    assert rep.cogs == [] and rep.inputs_without_data == [str(src)] and not rep.skipped
+    assert rep.converted and "16-bit" in rep.converted[0]["how"]
 
 
 def test_all_nodata_rgb_gives_no_cog_and_is_reported(tmp_path):

@@ -35,3 +35,7 @@ class AuthError(SourceError):
 
 class ResumeError(VglpipeError):
     """A checkpoint exists but was written with a different configuration."""
+
+
+class ChecksumError(InputError):
+    """Stored bytes do not match the checksum recorded for them (the message names where)."""

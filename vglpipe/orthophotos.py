@@ -3,7 +3,10 @@
 * ``download`` — fetch a region's imagery with the configured client (WMS / XYZ / bulk),
   as far beyond its boundary as the coarsest LOD of an edge cell reaches (the derived
   margin, :attr:`vglpipe.settings.Settings.download_margin_m`).
-* ``tile``     — downloaded imagery -> COGs with overviews + ``index.parquet``.
+* ``tile``     — downloaded imagery -> COGs with overviews + ``index.parquet``. Inputs that
+  cannot be used are skipped, logged and listed in the index's metadata (``skipped``); more
+  than ``aerial.quality.max_skipped_fraction`` of them fail the stage. COGs coarser than the
+  finest LOD (of any experiment) are logged as a WARNING, with the upsampling factor.
 
 Settings come from ``--settings JSON`` (the workflow) or ``--config FILE --region NAME``.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from vglpipe import cli
 from vglpipe.errors import RasterError
@@ -27,9 +31,9 @@ def _download(args) -> int:
     st = cli.stage_settings(args, DownloadStage, Settings.download_stage, "region")
     area = area_polygon(load_boundary(args.boundary), st.margin_m)
     rep = download(st.source, area, args.out, progress=not args.no_progress)
-    log.info("download %s: %d planned, %d fetched, %d already there, %d blank, %d missing, %d retries %s",
-             args.out, rep.planned, rep.fetched, rep.skipped_existing, len(rep.blank), len(rep.missing),
-             rep.retries, rep.retry_reasons)
+    log.info("download %s: %d planned, %d fetched, %d already there, %d invalid and fetched again, %d blank, "
+             "%d missing, %d retries %s", args.out, rep.planned, rep.fetched, rep.skipped_existing, len(rep.invalid),
+             len(rep.blank), len(rep.missing), rep.retries, rep.retry_reasons)
     return 0
 
 
@@ -42,13 +46,35 @@ def _tile(args) -> int:
     c = st.cog
     opts = CogOptions(tile_px=c.tile_px, blocksize=c.blocksize, compress=c.compress, quality=c.quality,
                       min_overviews=c.min_overviews)
-    rep = build_cogs(inputs, args.cogs, opts, acquired=st.acquired or None, progress=not args.no_progress)
+    rep = build_cogs(inputs, args.cogs, opts, acquired=st.acquired or None, progress=not args.no_progress,
+                     max_skipped_fraction=st.max_skipped_fraction)
     if not rep.cogs:
         raise RasterError(f"{args.downloads}: no valid imagery in {len(inputs)} input(s) (all nodata or blank)")
-    build_index(rep.cogs, args.index, acquired=st.acquired or None, source=st.protocol)
-    log.info("tile: %d input(s) -> %d COG(s), %d empty tile(s) skipped, %d input(s) without data",
-             len(inputs), len(rep.cogs), rep.skipped_empty, len(rep.inputs_without_data))
+    table = build_index(rep.cogs, args.index, acquired=st.acquired or None, source=st.protocol, skipped=rep.skipped)
+    log.info("tile: %d input(s) -> %d COG(s), %d empty tile(s) skipped, %d input(s) without data, "
+             "%d converted, %d skipped as unusable", len(inputs), len(rep.cogs), rep.skipped_empty,
+             len(rep.inputs_without_data), len(rep.converted), len(rep.skipped))
+    if rep.skipped:
+        log.warning("tile: %d of %d input(s) skipped as unusable (listed in %s): %s", len(rep.skipped), len(inputs),
+                    args.index, ", ".join(os.path.basename(s["file"]) for s in rep.skipped))
+    _check_resolution(table.column("m_per_px").to_pylist(), table.column("file").to_pylist(), st)
     return 0
+
+
+#: Ground resolution within this factor of the finest LOD's counts as matching it (UTM scale, rounding).
+RESOLUTION_TOLERANCE = 1.01
+
+
+def _check_resolution(m_per_px: list[float], files: list[str], st: TileStage) -> None:
+    """WARNING when COGs are coarser than the finest LOD needs (they will be upsampled)."""
+    finest = st.finest_m_per_px
+    coarse = [(m, f) for m, f in zip(m_per_px, files) if m > finest * RESOLUTION_TOLERANCE]
+    if coarse:
+        worst = max(m for m, _ in coarse)
+        log.warning("tile: %d of %d COG(s) are coarser than the finest LOD needs: up to %.3g m/px where the finest "
+                    "LOD is %.3g m/px (upsampled up to %.2fx; patches beyond aerial.quality.max_upsample are "
+                    "flagged by the sampler), e.g. %s", len(coarse), len(files), worst, finest, worst / finest,
+                    coarse[0][1])
 
 
 def build_parser() -> argparse.ArgumentParser:

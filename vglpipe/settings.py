@@ -3,7 +3,8 @@
 The schema (``schemas/config.schema.yaml``) is the only place that holds a default and a
 description. Here a validated config becomes frozen dataclasses whose fields mirror the
 schema's keys (``tests/test_settings.py`` keeps the two in step), and every derived value
-(t_max, the download margin, LOD sizes, shard bytes) is computed once, in :class:`Settings`.
+(t_max, the download margin, LOD sizes, the finest LOD's m/px, shard bytes) is computed once,
+in :class:`Settings`.
 
 Each stage reads one *stage bundle* (e.g. :class:`DownloadStage`): exactly the values the
 stage uses, derived ones included. The workflow passes a bundle to the stage as JSON
@@ -224,6 +225,15 @@ class CogSettings(Section):
 
 
 @dataclass(frozen=True)
+class QualitySettings(Section):
+    """Imagery quality checks of the tiling step and the patch sampler."""
+
+    SCHEMA: ClassVar[str] = "aerial.quality"
+    max_upsample: float
+    max_skipped_fraction: float
+
+
+@dataclass(frozen=True)
 class SourceSettings(Section):
     """How one region's orthophotos are fetched (an ``aerial.sources.<region>`` entry)."""
 
@@ -441,6 +451,8 @@ class TileStage:
     cog: CogSettings
     protocol: str
     acquired: str
+    max_skipped_fraction: float  # aerial.quality.max_skipped_fraction
+    finest_m_per_px: float  # derived: Settings.finest_m_per_px
 
 
 @dataclass(frozen=True)
@@ -540,6 +552,10 @@ class Settings:
     def cog(self) -> CogSettings:
         return CogSettings.from_dict(self.config["aerial"]["cog"])
 
+    @cached_property
+    def quality(self) -> QualitySettings:
+        return QualitySettings.from_dict(self.config["aerial"]["quality"])
+
     @property
     def experiments(self) -> list[str]:
         return sorted(self.config["experiments"])
@@ -631,6 +647,12 @@ class Settings:
         need += [e.lods.reach_m + e.t_max_m * math.sqrt(2) for e in map(self.experiment, self.experiments)]
         return math.ceil(max(need) / 10) * 10.0
 
+    @property
+    def finest_m_per_px(self) -> float:
+        """Ground resolution of the finest LOD over the global settings and every experiment:
+        what the orthophotos must provide without upsampling."""
+        return min([self.lods.m_per_px] + [self.experiment(e).lods.m_per_px for e in self.experiments])
+
     # ---- checks of the whole config (the workflow runs them at start)
     def check(self) -> None:
         problems = []
@@ -676,7 +698,8 @@ class Settings:
 
     def tile_stage(self, region: str) -> TileStage:
         src = self.source_of(region)
-        return TileStage(cog=self.cog, protocol=src.protocol, acquired=src.acquired)
+        return TileStage(cog=self.cog, protocol=src.protocol, acquired=src.acquired,
+                         max_skipped_fraction=self.quality.max_skipped_fraction, finest_m_per_px=self.finest_m_per_px)
 
     def train_stage(self, experiment: str) -> TrainStage:
         return TrainStage(experiment=self.experiment(experiment))

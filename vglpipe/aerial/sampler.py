@@ -25,6 +25,12 @@ Two modes:
 Coverage. Pixels outside every COG or masked (nodata) stay 0 and are counted: each
 result carries, per cell and LOD, the fraction of the patch with valid imagery (a pixel
 counts when at least half of its bilinear footprint is valid). Nothing is filled in.
+
+Resolution. Each result also carries, per cell and LOD, ``upsample``: the ground resolution
+of the imagery read (the COG level used, in ground metres per pixel) divided by the LOD's
+m/px, the largest over the COGs that contributed pixels (1 is exact, below 1 the imagery is
+finer, 0 where no imagery was read), and ``upsampled``: whether it exceeds ``max_upsample``
+(aerial.quality.max_upsample) — a patch magnified from imagery too coarse for its LOD.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from vglpipe.aerial.geometry import local_frame, local_to_projected, patch_to_pr
 from vglpipe.aerial.tiles import CogReader, TileCache, composite, finish
 from vglpipe.errors import InputError
 from vglpipe.geo.sphere import EARTH_RADIUS_M
-from vglpipe.settings import LodSpec
+from vglpipe.settings import LodSpec, QualitySettings
 
 
 @dataclass
@@ -54,6 +60,8 @@ class Patches:
 
     patches: np.ndarray  # (n, P, P, 3) uint8
     coverage: np.ndarray  # (n,) float32 fraction of valid pixels per LOD
+    upsample: np.ndarray  # (n,) float32 source m/px / LOD m/px (0: no imagery)
+    upsampled: np.ndarray  # (n,) bool: upsample > max_upsample
 
 
 @dataclass
@@ -69,15 +77,18 @@ class CellPatches:
     index: np.ndarray  # (m,) positions in the caller's cell arrays
     patches: np.ndarray  # (m, n, P, P, 3) uint8
     coverage: np.ndarray  # (m, n) float32 fraction of valid pixels per LOD
+    upsample: np.ndarray  # (m, n) float32 source m/px / LOD m/px (0: no imagery)
+    upsampled: np.ndarray  # (m, n) bool: upsample > max_upsample
 
 
 class AerialSampler:
     """Patches from the COGs of an ``index.parquet`` (or an explicit list of COG paths)."""
 
     def __init__(self, index_path=None, cogs: list | None = None, spec: LodSpec | None = None,
-                 cache_mb: float = 512.0, bin_m: float = 640.0, raw: bool = True):
+                 cache_mb: float = 512.0, bin_m: float = 640.0, raw: bool = True, max_upsample: float | None = None):
         self.spec = spec or LodSpec.defaults()
         self.bin_m = float(bin_m)
+        self.max_upsample = QualitySettings.defaults().max_upsample if max_upsample is None else float(max_upsample)
         self._cache = TileCache(int(cache_mb * 2**20))
         entries = []
         if index_path is not None:
@@ -133,6 +144,7 @@ class AerialSampler:
         P = sp.patch_px
         out = np.zeros((sp.n_lods, P, P, 3), np.uint8)
         cov = np.zeros(sp.n_lods, np.float32)
+        up = np.zeros(sp.n_lods, np.float32)
         reach = sp.side_m(sp.n_lods - 1) * 0.7072 + math.hypot(*offset) + 5.0
         cands = self._candidates(lat, lon, reach)
         frames = {c.crs: local_frame(c.crs, lat, lon) for c in cands}
@@ -157,6 +169,8 @@ class AerialSampler:
                 S[1, 2] -= r0
                 cv2.warpAffine(rgba, S[:2], (P, P), dst=tmp, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                if cv2.countNonZero(cv2.extractChannel(tmp, 3)):
+                    up[i] = max(up[i], cog.ground_res(L, frames[cog.crs].k) / s)
                 composite(acc, tmp, first)
                 first = False
                 if acc[..., 3].min() == 255:
@@ -164,14 +178,15 @@ class AerialSampler:
             valid = finish(acc)
             cov[i] = cv2.countNonZero(valid) / float(P * P)
             cv2.cvtColor(acc, cv2.COLOR_RGBA2RGB, dst=out[i])
-        return Patches(out, cov)
+        return Patches(out, cov, up, up > self.max_upsample)
 
     def sample_training(self, lat: float, lon: float, rng: np.random.Generator, t_max_m: float) -> TrainingPatches:
         """Paper §3.4: random θ ∈ [0, 2π) and offset t ∈ [-t_max, t_max]² (t_max: Settings.t_max_m)."""
         theta = float(rng.uniform(0.0, 2 * math.pi))
         off = tuple(float(v) for v in rng.uniform(-t_max_m, t_max_m, 2))
         p = self.sample(lat, lon, theta, off)
-        return TrainingPatches(p.patches, p.coverage, theta, off)
+        return TrainingPatches(patches=p.patches, coverage=p.coverage, upsample=p.upsample, upsampled=p.upsampled,
+                               bearing=theta, offset=off)
 
     # ------------------------------------------------------------------ many cells, north-aligned
     def sample_cells(self, lat, lon, batch_cells: int = 64, out: np.ndarray | None = None) -> Iterator[CellPatches]:
@@ -209,7 +224,7 @@ class AerialSampler:
             idx = np.flatnonzero(inv == b)
             k = idx[0]
             centre = (float(row_lat[k]), float((bcol[k] + 0.5) * col_w[k]))
-            canvases, cuts, cov = self._bin_canvases(lat[idx], lon[idx], centre)
+            canvases, cuts, cov, up = self._bin_canvases(lat[idx], lon[idx], centre)
             P = sp.patch_px
             for s0 in range(0, idx.size, batch_cells):
                 sel = np.arange(s0, min(s0 + batch_cells, idx.size))
@@ -218,15 +233,17 @@ class AerialSampler:
                     for i, canvas in enumerate(canvases):
                         c, r = cuts[i][j]
                         buf[q, i] = canvas[r : r + P, c : c + P]
-                yield CellPatches(index=idx[sel], patches=buf, coverage=cov[sel])
+                yield CellPatches(index=idx[sel], patches=buf, coverage=cov[sel], upsample=up[sel],
+                                  upsampled=up[sel] > self.max_upsample)
 
     def _bin_canvases(self, lat, lon, centre):
-        """Per LOD: the bin's north-aligned RGB canvas, each cell's (col, row) cut, and coverage (m, n)."""
+        """Per LOD: the bin's north-aligned RGB canvas, each cell's (col, row) cut; coverage and upsample (m, n)."""
         sp = self.spec
         P = sp.patch_px
         m = lat.size
         latc, lonc = centre
         cov = np.zeros((m, sp.n_lods), np.float32)
+        up = np.zeros((m, sp.n_lods), np.float32)
         canvases, cuts = [], []
         dlat = np.radians(lat - latc) * EARTH_RADIUS_M
         dlon = np.radians(lon - lonc) * EARTH_RADIUS_M * math.cos(math.radians(latc))
@@ -254,6 +271,9 @@ class AerialSampler:
             # canvas px index (c, r) -> local metres of the pixel centre
             Lc = np.array([[s, 0, e0 + 0.5 * s], [0, -s, n1 - 0.5 * s], [0, 0, 1.0]])
             canvas = np.zeros((H, W, 4), np.uint8)
+            # each cell's patch: top-left canvas index (cell centres rounded to the canvas grid)
+            cc = np.rint((e - e0) / s - P / 2).astype(np.int64)
+            rr = np.rint((n1 - n) / s - P / 2).astype(np.int64)
             for cog in cands:
                 M = local_to_projected(frames[cog.crs]) @ Lc
                 L = cog.level_for(s, frames[cog.crs].k)
@@ -279,17 +299,26 @@ class AerialSampler:
                 S_roi[1, 2] -= r0
                 tmp = cv2.warpAffine(rgba, S_roi[:2], (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                _note_upsample(up[:, i], cc, rr, P, tmp, x0, y0, cog.ground_res(L, frames[cog.crs].k) / s)
                 composite(canvas[y0:y1, x0:x1], tmp, first=False)
             valid = finish(canvas)
             rgb = cv2.cvtColor(canvas, cv2.COLOR_RGBA2RGB)
             del canvas
-            # each cell's patch: top-left canvas index (cell centres rounded to the canvas grid)
-            cc = np.rint((e - e0) / s - P / 2).astype(np.int64)
-            rr = np.rint((n1 - n) / s - P / 2).astype(np.int64)
             integ = cv2.integral(valid)
             ok = integ[rr + P, cc + P] - integ[rr, cc + P] - integ[rr + P, cc] + integ[rr, cc]
             cov[:, i] = ok / float(P * P)
             canvases.append(rgb)
             cuts.append(np.stack([cc, rr], 1))
-        return canvases, cuts, cov
+        return canvases, cuts, cov, up
+
+
+def _note_upsample(up: np.ndarray, cc, rr, P: int, warped: np.ndarray, x0: int, y0: int, factor: float) -> None:
+    """Raise ``up`` (per cell) to ``factor`` where the cell's patch overlaps the pixels that the
+    COG's ``warped`` window (at canvas offset x0, y0) covers."""
+    bx, by, bw, bh = cv2.boundingRect(cv2.extractChannel(warped, 3))
+    if not (bw and bh):
+        return
+    bx, by = bx + x0, by + y0
+    hit = (cc < bx + bw) & (cc + P > bx) & (rr < by + bh) & (rr + P > by)
+    np.maximum(up, np.where(hit, factor, 0.0).astype(up.dtype), out=up)
 

@@ -62,10 +62,14 @@ class CogReader:
     def level_for(self, m_per_px: float, k: float = 1.0) -> int:
         """Coarsest level whose ground resolution (projected res / scale factor ``k``) is not coarser than ``m_per_px``."""
         best = 0
-        for L, f in enumerate(self.factors):
-            if self.res * f / k <= m_per_px * 1.001:
+        for L in range(len(self.factors)):
+            if self.ground_res(L, k) <= m_per_px * 1.001:
                 best = L
         return best
+
+    def ground_res(self, L: int, k: float = 1.0) -> float:
+        """Ground metres per pixel of level L (projected res / scale factor ``k`` of the local frame)."""
+        return self.res * self.factors[L] / k
 
     def level_shape(self, L: int) -> tuple[int, int]:
         return self._shapes[L]

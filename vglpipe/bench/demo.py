@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -67,9 +68,11 @@ def run(args: argparse.Namespace) -> dict:
     cfg = _config(args.seed)
     (wd / "demo.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     snakemake = Path(sys.executable).parent / "snakemake"
+    # the rules' `python` must be this interpreter (the venv's), activated or not
+    env = {**os.environ, "PATH": f"{snakemake.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     t0 = time.perf_counter()
     proc = subprocess.run([str(snakemake), "--profile", "profiles/local", "--cores", str(args.cores),
-                           "--configfile", "demo.yaml"], cwd=wd, capture_output=True, text=True)
+                           "--configfile", "demo.yaml"], cwd=wd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)

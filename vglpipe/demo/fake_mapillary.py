@@ -10,13 +10,21 @@ in the real JSON shapes:
   ``[lon, lat]`` points, ``creator: {id, username}``, ``thumb_*_url``); unknown id → 404
   with a ``GraphMethodException`` (code 100);
 * ``GET /thumbs/{id}.jpg?exp=…&sig=…`` → JPEG bytes behind an HMAC-signed URL that expires
-  (403 once expired), like the CDN links of the real API; no token needed.
+  (403 once expired), like the CDN links of the real API; no token needed. With
+  ``escaped_signatures`` the signature is base64 served percent-escaped (``%2F``, ``%2B``,
+  ``%3D``) and a URL not requested byte-identical to the one served is refused (403), like a
+  CDN that checks the exact URL.
 
 API calls need ``Authorization: OAuth <token>`` (or ``access_token=``), else 401
 (``OAuthException`` code 190). Per-minute rate limits per endpoint class answer 429 with
 ``{"error": {"message": "Application request limit reached", "code": 4, "is_transient": true}}``.
 Optional added latency and fault injection (429, 500, 503, connection reset, slow answers,
-truncated bodies, expired thumbnail URLs) exercise the crawler's retries.
+truncated bodies cut at a random point, expired thumbnail URLs) exercise the crawler's retries.
+Quirks for the crawler's edge cases: ``max_limit`` below the crawler's ``limit`` (a capped
+answer smaller than asked for), ``retry_after_s`` (a ``Retry-After`` header on every 429) with
+``throttle_first`` (the first N API requests answer 429), ``broken_thumbs`` (ids whose
+thumbnail is cut the same way every time) and ``no_geometry_ids`` (ids found by a search but
+answered without a geometry). ``record_arrivals`` keeps each request's arrival time.
 
 The source directory holds ``source.parquet`` (:data:`SOURCE_SCHEMA`; rows may also carry
 ground-truth columns, which are never served) and tar shards as in :mod:`vglpipe.store.photos`.
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
@@ -39,8 +48,9 @@ import os
 import signal
 import threading
 import time
+import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,9 +155,9 @@ class _Bucket:
         return False
 
 
-def _err(status: int, message: str, type_: str, code: int, **extra) -> web.Response:
+def _err(status: int, message: str, type_: str, code: int, headers: dict | None = None, **extra) -> web.Response:
     body = {"error": {"message": message, "type": type_, "code": code, **extra, "fbtrace_id": "AfakeTrace"}}
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, headers=headers)
 
 
 class FakeMapillary:
@@ -166,6 +176,12 @@ class FakeMapillary:
         latency_s: float = 0.0,
         faults: Faults | None = None,
         thumb_ttl_s: float = 600.0,
+        escaped_signatures: bool = False,
+        retry_after_s: float | None = None,
+        throttle_first: int = 0,
+        broken_thumbs: Collection[str] = (),
+        no_geometry_ids: Collection[str] = (),
+        record_arrivals: bool = False,
     ):
         self.token = token
         self.max_bbox_deg = max_bbox_deg
@@ -173,6 +189,11 @@ class FakeMapillary:
         self.latency_s = latency_s
         self.faults = faults or Faults()
         self.thumb_ttl_s = thumb_ttl_s
+        self.escaped_signatures = escaped_signatures
+        self.retry_after_s = retry_after_s
+        self.throttle_left = throttle_first
+        self.no_geometry = frozenset(no_geometry_ids)
+        self.arrivals: list[tuple[str, float]] | None = [] if record_arrivals else None
         self.read_image = read_image
         self.rng = np.random.default_rng(self.faults.seed)
         self.buckets = {"search": _Bucket(search_per_minute), "entity": _Bucket(entity_per_minute)}
@@ -182,6 +203,7 @@ class FakeMapillary:
         self.ids: list[str] = d["id"]
         self.cols = d
         self.by_id = {i: k for k, i in enumerate(self.ids)}
+        self.broken = frozenset(self.by_id[i] for i in broken_thumbs)
         lat = np.array([c if c is not None else g for c, g in zip(d["computed_lat"], d["lat"])], float)
         lon = np.array([c if c is not None else g for c, g in zip(d["computed_lon"], d["lon"])], float)
         order = np.argsort(lon, kind="stable")
@@ -199,9 +221,10 @@ class FakeMapillary:
         def point(lat, lon):
             return None if lat is None or lon is None else {"type": "Point", "coordinates": [lon, lat]}
 
+        hide = c["id"][k] in self.no_geometry  # found by a search, answered without a position
         values = {
-            "geometry": lambda: point(c["lat"][k], c["lon"][k]),
-            "computed_geometry": lambda: point(c["computed_lat"][k], c["computed_lon"][k]),
+            "geometry": lambda: None if hide else point(c["lat"][k], c["lon"][k]),
+            "computed_geometry": lambda: None if hide else point(c["computed_lat"][k], c["computed_lon"][k]),
             "captured_at": lambda: c["captured_at"][k],
             "camera_type": lambda: c["camera_type"][k],
             "is_pano": lambda: bool(c["is_pano"][k]),
@@ -224,12 +247,17 @@ class FakeMapillary:
         return out
 
     def thumb_url(self, origin: str, k: int) -> str:
-        exp = int(time.time() + self.thumb_ttl_s)
-        sig = self._sign(k, exp)
-        return f"{origin}/thumbs/{k}.jpg?exp={exp}&sig={sig}"
+        return f"{origin}{self._thumb_target(k, int(time.time() + self.thumb_ttl_s))}"
+
+    def _thumb_target(self, k: int, exp: int) -> str:
+        """Path and query of a signed thumbnail URL, exactly as served."""
+        return f"/thumbs/{k}.jpg?exp={exp}&sig={urllib.parse.quote(self._sign(k, exp), safe='')}"
 
     def _sign(self, k: int, exp: int) -> str:
-        return hmac.new(self._secret, f"{k}:{exp}".encode(), "sha256").hexdigest()[:32]
+        digest = hmac.new(self._secret, f"{k}:{exp}".encode(), "sha256").digest()
+        if self.escaped_signatures:  # base64: holds '/', '+' and '=' (served as %2F, %2B, %3D)
+            return base64.b64encode(digest[:16]).decode()
+        return digest.hex()[:32]
 
     # ---- request plumbing
 
@@ -242,8 +270,14 @@ class FakeMapillary:
     async def _prelude(self, request: web.Request, kind: str) -> web.StreamResponse | str | None:
         """Latency, faults, auth, rate limit. Returns a response to send, a fault to apply, or None."""
         self.stats[f"{kind}_requests"] += 1
+        if self.arrivals is not None:
+            self.arrivals.append((kind, time.monotonic()))
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
+        if kind != "thumb" and self.throttle_left > 0:
+            self.throttle_left -= 1
+            self.stats["throttled"] += 1
+            return self._too_many()
         fault = None
         if self.faults.rate and self.rng.random() < self.faults.rate:
             kinds = [k for k in self.faults.kinds if k != "expired" or kind == "thumb"]
@@ -258,8 +292,7 @@ class FakeMapillary:
             await asyncio.sleep(self.faults.slow_s)
         if fault in ("429", "500", "503"):
             if fault == "429":
-                return _err(429, "Application request limit reached", "OAuthException", 4, is_transient=True,
-                            error_subcode=2207051)
+                return self._too_many(error_subcode=2207051)
             return _err(int(fault), "An unexpected error has occurred. Please retry your request later.",
                         "OAuthException", 2, is_transient=True)
         if kind != "thumb":
@@ -268,14 +301,19 @@ class FakeMapillary:
                 return _err(401, "Invalid OAuth access token - Cannot parse access token", "OAuthException", 190)
             if not self.buckets[kind].take():
                 self.stats[f"{kind}_rate_limited"] += 1
-                return _err(429, "Application request limit reached", "OAuthException", 4, is_transient=True)
+                return self._too_many()
         return fault
 
-    @staticmethod
-    def _truncated(resp: web.Response) -> web.Response:
-        body = resp.body or b""
-        cut = body[: max(1, len(body) // 2)]
-        return web.Response(body=cut, status=resp.status, content_type=resp.content_type)
+    def _too_many(self, **extra) -> web.Response:
+        headers = {"Retry-After": f"{self.retry_after_s:g}"} if self.retry_after_s is not None else None
+        return _err(429, "Application request limit reached", "OAuthException", 4, headers, is_transient=True, **extra)
+
+    def _cut(self, data: bytes) -> bytes:
+        """``data`` cut at a random point, as a dropped transfer leaves it."""
+        return data[: int(self.rng.integers(1, len(data)))] if len(data) > 1 else data[:1]
+
+    def _truncated(self, resp: web.Response) -> web.Response:
+        return web.Response(body=self._cut(resp.body or b""), status=resp.status, content_type=resp.content_type)
 
     def _fields(self, request: web.Request) -> set[str]:
         return {f.strip() for f in request.query.get("fields", "id").split(",") if f.strip()}
@@ -334,12 +372,18 @@ class FakeMapillary:
             return web.Response(status=400, text="Bad URL")
         if not (0 <= k < len(self.ids)) or not hmac.compare_digest(sig, self._sign(k, exp)):
             return web.Response(status=403, text="URL signature mismatch")
+        if self.escaped_signatures and request.raw_path != self._thumb_target(k, exp):
+            self.stats["thumb_url_altered"] += 1
+            return web.Response(status=403, text="URL signature mismatch (URL altered)")
         if time.time() > exp or pre == "expired":
             self.stats["thumb_expired"] += 1
             return web.Response(status=403, text="URL signature expired")
         data = self.read_image(k)
-        if pre == "truncated":
+        if k in self.broken:  # permanently damaged: cut the same way every time
+            self.stats["thumb_broken"] += 1
             data = data[: len(data) // 2]
+        elif pre == "truncated":
+            data = self._cut(data)
         return web.Response(body=data, content_type="image/jpeg")
 
     def app(self) -> web.Application:

@@ -22,6 +22,15 @@ written atomically. WMS/XYZ images are stored as georeferenced GeoTIFF chips (al
 mask), bulk files byte for byte. Blank images (fully transparent or one uniform colour)
 and tiles the server does not have (404) are recorded with a marker file and reported
 in ``manifest.json``, never used as imagery.
+
+Bulk files are streamed to a temporary name and validated there before the rename that
+finishes them (:func:`raster_problem`: opens with a size and a CRS, every block of every
+band, mask and internal overview decodes, and the raster covers at least half of the
+footprint the tile index declares for it); an invalid file is retried like a bad
+response. A valid file gets a stamp (``.NAME.valid``: its size and mtime); on a rerun a
+finished bulk file without a matching stamp (e.g. from an older version, or changed on
+disk) is validated again and, if invalid, deleted and fetched again (``invalid`` in the
+report).
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ import numpy as np
 import pyproj
 import rasterio
 import shapely
-from rasterio.io import MemoryFile
+from rasterio.windows import Window
 from shapely.geometry import shape
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from tqdm import tqdm
@@ -59,6 +68,7 @@ log = logging.getLogger(__name__)
 WEB_MERCATOR = "EPSG:3857"
 BLANK_SUFFIX = ".blank"
 MISSING_SUFFIX = ".missing"
+VALID_SUFFIX = ".valid"  # hidden stamp of a validated bulk file: .NAME.valid
 
 
 @dataclass
@@ -69,6 +79,7 @@ class Job:
     crs: str = ""
     bounds: tuple[float, float, float, float] = (0, 0, 0, 0)  # in crs
     size: tuple[int, int] = (0, 0)  # (width, height) expected
+    footprint: Any = None  # bulk: the lon/lat footprint the tile index declares
 
 
 @dataclass
@@ -82,6 +93,7 @@ class DownloadReport:
     blank: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)  # finished files found invalid on a rerun, fetched again
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -184,7 +196,7 @@ def plan_bulk(index_geojson: dict, area_lonlat, where: str) -> list[Job]:
         if not geom.intersects(area_lonlat):
             continue
         ext = os.path.splitext(url.split("?")[0])[1].lower() or ".bin"
-        jobs.append(Job(f"bulk_{name}{ext}", url, "file"))
+        jobs.append(Job(f"bulk_{name}{ext}", url, "file", footprint=geom))
     return jobs
 
 
@@ -201,6 +213,50 @@ def _clean_stale(out_dir: Path) -> int:
 
 def _done(out_dir: Path, job: Job) -> bool:
     return any((out_dir / (job.name + suf)).exists() for suf in ("", BLANK_SUFFIX, MISSING_SUFFIX))
+
+
+def _stamp_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}{VALID_SUFFIX}")
+
+
+def _file_state(target: Path) -> dict:
+    st = target.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _stamp_valid(target: Path) -> None:
+    """Record that ``target``, as it is now, passed validation."""
+    atomic_write_text(_stamp_path(target), json.dumps(_file_state(target)))
+
+
+def _stamp_matches(target: Path) -> bool:
+    try:
+        return json.loads(_stamp_path(target).read_text()) == _file_state(target)
+    except (OSError, ValueError):
+        return False
+
+
+async def _recheck_finished(out_dir: Path, jobs: list[Job], concurrency: int) -> list[str]:
+    """Validate finished bulk files without a matching stamp; delete the invalid ones (so they
+    are fetched again) and return their names."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def check(job: Job) -> str | None:
+        target = out_dir / job.name
+        if not target.exists() or _stamp_matches(target):
+            return None
+        async with sem:
+            why = await asyncio.to_thread(raster_problem, target, job.footprint)
+        if not why:
+            _stamp_valid(target)
+            return None
+        log.warning("%s: %s; fetching it again", target, why)
+        target.unlink()
+        _stamp_path(target).unlink(missing_ok=True)
+        return job.name
+
+    names = await asyncio.gather(*(check(j) for j in jobs if j.kind == "file"))
+    return sorted(n for n in names if n)
 
 
 def download(cfg: SourceSettings, area_lonlat, out_dir, progress: bool = True) -> DownloadReport:
@@ -231,6 +287,7 @@ async def _download(cfg: SourceSettings, area_lonlat, out_dir: Path, progress: b
             atomic_write_text(index_path, json.dumps(index))
             jobs = plan_bulk(index, area_lonlat, cfg.url)
         rep.planned = len(jobs)
+        rep.invalid = await _recheck_finished(out_dir, jobs, cfg.concurrency)
         todo = [j for j in jobs if not _done(out_dir, j)]
         rep.skipped_existing = len(jobs) - len(todo)
         bar = tqdm(total=len(jobs), initial=rep.skipped_existing, desc=f"{cfg.protocol} tiles", unit="tile",
@@ -270,13 +327,12 @@ async def _fetch_job(session, cfg: SourceSettings, job: Job, out_dir: Path, rep:
     target = out_dir / job.name
     if job.kind == "file":
         try:
-            body = await _fetch(session, cfg, job.url, rep, validate=_validate_raster_file)
+            await _fetch_to_file(session, cfg, job.url, rep, target, _file_validator(job))
         except _NotFound:
             rep.missing.append(job.name)
             atomic_write_text(out_dir / (job.name + MISSING_SUFFIX), job.url + "\n")
             return
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(body)
+        _stamp_valid(target)
         rep.fetched += 1
         return
 
@@ -388,16 +444,71 @@ def _validate_index(body: bytes, ctype: str):
         raise _Retryable(str(exc), reason="undecodable") from exc
 
 
-def _validate_raster_file(body: bytes, ctype: str):
+#: Pixels decoded per read while validating a raster (bounded memory for large bulk tiles).
+_VALIDATE_READ_PX = 1 << 24
+#: A bulk file must cover at least this fraction of the footprint its tile index declares.
+MIN_FOOTPRINT_COVER = 0.5
+
+
+def raster_problem(path, footprint=None) -> str:
+    """Why the raster file ``path`` is unusable, or "" if it is fine.
+
+    It must open with a size and a CRS, every block of every band and of the mask decode at
+    full resolution and in every internal (GeoTIFF) overview, and, given ``footprint`` (the
+    lon/lat geometry a tile index declares), cover at least half of that footprint.
+    """
     try:
-        with MemoryFile(body) as mem, mem.open() as src:
+        with rasterio.open(path) as src:
             if src.width < 1 or src.height < 1 or src.crs is None:
-                raise SourceError(f"bulk tile has no size or no CRS ({src.width}x{src.height}, {src.crs})")
-            small = src.read(1, out_shape=(max(1, src.height // 16), max(1, src.width // 16)))
-            if small.size == 0:
-                raise SourceError("bulk tile decodes to no pixels")
+                return f"no size or no CRS ({src.width}x{src.height}, {src.crs})"
+            _decode_all(src)
+            levels = len(src.overviews(1)) if src.driver == "GTiff" else 0
+            covered = _footprint_cover(src, footprint)
+        for level in range(levels):
+            with rasterio.open(path, overview_level=level) as ovr:
+                _decode_all(ovr)
     except rasterio.errors.RasterioError as exc:
-        raise _Retryable(f"bulk tile does not decode ({len(body)} bytes): {exc}", reason="undecodable") from exc
+        return f"does not decode: {_gdal_reason(exc)}"
+    if covered < MIN_FOOTPRINT_COVER:
+        return f"covers {covered:.0%} of the footprint its tile index declares (wrong or misplaced file)"
+    return ""
+
+
+def _gdal_reason(exc: Exception) -> str:
+    """rasterio's message plus GDAL's own (rasterio chains it as the cause)."""
+    cause = exc.__cause__
+    return f"{exc} ({cause})" if cause is not None and str(cause) not in str(exc) else str(exc)
+
+
+def _decode_all(src) -> None:
+    """Read every pixel and mask value of ``src`` in strips of whole blocks (raises on a bad block)."""
+    block_h = src.block_shapes[0][0]
+    rows = max(block_h, _VALIDATE_READ_PX // max(src.width * src.count, 1) // block_h * block_h)
+    for r0 in range(0, src.height, rows):
+        win = Window(0, r0, src.width, min(rows, src.height - r0))
+        src.read(window=win)
+        src.dataset_mask(window=win)
+
+
+def _footprint_cover(src, footprint) -> float:
+    """Fraction of ``footprint`` (lon/lat) that the raster's extent covers (1.0 without one)."""
+    if footprint is None or footprint.is_empty or footprint.area <= 0:
+        return 1.0
+    to_lonlat = pyproj.Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True)
+    b = src.bounds
+    extent = _reproject(to_lonlat, shapely.box(*b).segmentize(max(b.right - b.left, b.top - b.bottom) / 16))
+    return float(footprint.intersection(extent).area / footprint.area)
+
+
+def _file_validator(job: Job):
+    """A check of a downloaded bulk file (at its temporary name) that raises _Retryable."""
+
+    def check(path: Path) -> None:
+        why = raster_problem(path, job.footprint)
+        if why:
+            raise _Retryable(f"{job.url}: bulk tile {why} ({path.stat().st_size} bytes)", reason="invalid")
+
+    return check
 
 
 def _retry_wait(cfg: SourceSettings):
@@ -418,6 +529,48 @@ def _is_transient(exc: BaseException) -> bool:
 async def _fetch(session, cfg: SourceSettings, url: str, rep: DownloadReport, validate) -> bytes:
     """GET ``url`` with retries; ``validate(body, content_type)`` raises _Retryable/SourceError."""
 
+    async def once() -> bytes:
+        async with session.get(url) as resp:
+            _check_status(resp, url)
+            body = await resp.read()
+            ctype = resp.headers.get("Content-Type", "")
+        validate(body, ctype)
+        return body
+
+    return await _with_retries(cfg, url, rep, once)
+
+
+async def _fetch_to_file(session, cfg: SourceSettings, url: str, rep: DownloadReport, target: Path, validate):
+    """GET ``url`` with retries, streamed to a temporary name beside ``target``; ``validate(tmp)``
+    (run in a thread) raises _Retryable/SourceError; only a valid file is renamed to ``target``."""
+
+    async def once() -> None:
+        with atomic_path(target) as tmp:
+            async with session.get(url) as resp:
+                _check_status(resp, url)
+                with open(tmp, "wb") as fh:
+                    async for chunk in resp.content.iter_chunked(1 << 20):
+                        fh.write(chunk)
+            await asyncio.to_thread(validate, tmp)
+
+    await _with_retries(cfg, url, rep, once)
+
+
+def _check_status(resp, url: str) -> None:
+    if resp.status in (401, 403):
+        raise AuthError(f"{url}: HTTP {resp.status} (credentials rejected)")
+    if resp.status == 404:
+        raise _NotFound(url)
+    if resp.status == 429 or resp.status >= 500:
+        ra = resp.headers.get("Retry-After")
+        raise _Retryable(f"{url}: HTTP {resp.status}", retry_after=_parse_retry_after(ra), reason=str(resp.status))
+    if resp.status != 200:
+        raise SourceError(f"{url}: HTTP {resp.status}")
+
+
+async def _with_retries(cfg: SourceSettings, url: str, rep: DownloadReport, once):
+    """``await once()`` until it succeeds, retrying transient failures (counted in ``rep``)."""
+
     def before_sleep(state):
         rep.retries += 1
         exc = state.outcome.exception()
@@ -432,21 +585,7 @@ async def _fetch(session, cfg: SourceSettings, url: str, rep: DownloadReport, va
         ):
             with attempt:
                 rep.requests += 1
-                async with session.get(url) as resp:
-                    if resp.status in (401, 403):
-                        raise AuthError(f"{url}: HTTP {resp.status} (credentials rejected)")
-                    if resp.status == 404:
-                        raise _NotFound(url)
-                    if resp.status == 429 or resp.status >= 500:
-                        ra = resp.headers.get("Retry-After")
-                        raise _Retryable(f"{url}: HTTP {resp.status}", retry_after=_parse_retry_after(ra),
-                                         reason=str(resp.status))
-                    if resp.status != 200:
-                        raise SourceError(f"{url}: HTTP {resp.status}")
-                    body = await resp.read()
-                    ctype = resp.headers.get("Content-Type", "")
-                validate(body, ctype)
-                return body
+                return await once()
     except (_Retryable, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
         raise SourceError(f"{url}: failed after {cfg.retries} attempt(s): {type(exc).__name__}: {exc}") from exc
     raise AssertionError("unreachable")

@@ -13,19 +13,27 @@ data inside the shard) and ``nbytes``, so :class:`PhotoStore` reads one image wi
 Shards are written append-only by :class:`ShardWriter`. A writer killed mid-append
 leaves at most a torn tail behind the last *committed* end; reopening with that end
 truncates the tail, so a resumed crawl never sees half-written members.
+
+Integrity: each row records ``crc32`` (zlib CRC-32 of the photo's bytes, uint32; null in
+stores written before it existed). :meth:`PhotoStore.read` checks it on every read and
+raises :class:`~vglpipe.errors.ChecksumError` naming the shard, offset and image id;
+``python -m vglpipe.store verify DIR`` (:func:`verify_store`) checks a whole store.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from vglpipe.errors import InputError
+from vglpipe.errors import ChecksumError, InputError
 from vglpipe.store.tables import read_metadata, read_table
 
 #: Mapillary image ids are positive decimal integers; they must fit an int64.
@@ -53,6 +61,7 @@ METADATA_SCHEMA = pa.schema(
         pa.field("shard", pa.int32(), nullable=False),
         pa.field("offset", pa.int64(), nullable=False),
         pa.field("nbytes", pa.int32(), nullable=False),
+        pa.field("crc32", pa.uint32()),  # zlib.crc32 of the JPEG bytes (null: not recorded)
     ]
 )
 
@@ -83,6 +92,28 @@ def validate_image_id(value: object) -> int:
 
 def shard_path(root: str | os.PathLike, shard: int) -> Path:
     return Path(root) / SHARD_DIR / f"shard-{int(shard):05d}.tar"
+
+
+def crc32(data: bytes) -> int:
+    """The checksum stored per photo (``crc32`` column): zlib's CRC-32, unsigned."""
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def shard_checksums(root: str | os.PathLike, shard: int, offsets, nbytes) -> list[int | None]:
+    """CRC-32 of the photos at ``offsets`` / ``nbytes`` in one shard (None where the shard is
+    missing or too short to hold them)."""
+    try:
+        fd = os.open(shard_path(root, shard), os.O_RDONLY)
+    except OSError:
+        return [None] * len(offsets)
+    try:
+        out = []
+        for off, n in zip(offsets, nbytes):
+            data = os.pread(fd, int(n), int(off))
+            out.append(crc32(data) if len(data) == int(n) else None)
+        return out
+    finally:
+        os.close(fd)
 
 
 def _member_header(image_id: int, size: int) -> bytes:
@@ -190,11 +221,12 @@ class ShardWriter:
 class PhotoStore:
     """Read access to a photo store: metadata table and random access to JPEG bytes by id."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, verify: bool = True):
         self.root = Path(root)
         self.metadata_path = self.root / "metadata.parquet"
         self.info = read_metadata(self.metadata_path)
-        # only the locator columns stay in memory (~24 bytes per photo)
+        self.verify = verify
+        # only the locator columns and the checksum stay in memory (~32 bytes per photo)
         loc = read_table(self.metadata_path, columns=["image_id", "shard", "offset", "nbytes"])
         ids = loc.column("image_id").to_numpy()
         order = np.argsort(ids, kind="stable")
@@ -202,6 +234,7 @@ class PhotoStore:
         self._shard = loc.column("shard").to_numpy()[order]
         self._offset = loc.column("offset").to_numpy()[order]
         self._nbytes = loc.column("nbytes").to_numpy()[order]
+        self._crc = _checksums(self.metadata_path, len(ids))[order]  # -1: not recorded
         self._fds: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -218,12 +251,18 @@ class PhotoStore:
         i = np.searchsorted(self._ids, int(image_id))
         return i < len(self._ids) and self._ids[i] == int(image_id)
 
-    def read(self, image_id: int) -> bytes:
-        """JPEG bytes of ``image_id`` (InputError if not in the store or the shard is short)."""
+    def _row(self, image_id: int) -> tuple[int, int]:
+        """(image id, row) of ``image_id``; InputError if it is not in the store."""
         iid = validate_image_id(image_id)
         i = int(np.searchsorted(self._ids, iid))
         if i >= len(self._ids) or self._ids[i] != iid:
             raise InputError(f"{self.metadata_path}: image {iid} not in the store")
+        return iid, i
+
+    def read(self, image_id: int) -> bytes:
+        """JPEG bytes of ``image_id``: InputError if not in the store or the shard is short,
+        ChecksumError if they do not match their recorded CRC-32 (with ``verify``)."""
+        iid, i = self._row(image_id)
         shard, offset, n = int(self._shard[i]), int(self._offset[i]), int(self._nbytes[i])
         fd = self._fds.get(shard)
         if fd is None:
@@ -236,7 +275,17 @@ class PhotoStore:
         data = os.pread(fd, n, offset)
         if len(data) != n:
             raise InputError(f"{shard_path(self.root, shard)}: truncated (image {iid})")
+        want = int(self._crc[i])
+        if self.verify and want >= 0 and (got := crc32(data)) != want:
+            raise ChecksumError(f"{shard_path(self.root, shard)}: offset {offset}: image {iid}: {n} bytes do not "
+                                f"match their checksum (crc32 {got:08x}, recorded {want:08x}): "
+                                "the stored photo is corrupt")
         return data
+
+    def locate(self, image_id: int) -> tuple[int, int, int, int]:
+        """``(shard, offset, nbytes, crc32)`` of ``image_id`` (crc32 -1 if not recorded)."""
+        _, i = self._row(image_id)
+        return int(self._shard[i]), int(self._offset[i]), int(self._nbytes[i]), int(self._crc[i])
 
     def iter_images(self, ids: Iterable[int] | None = None):
         for iid in self._ids if ids is None else ids:
@@ -258,6 +307,84 @@ class PhotoStore:
             self.close()
         except Exception:
             pass
+
+
+def _checksums(metadata_path: Path, rows: int) -> np.ndarray:
+    """The ``crc32`` column as int64 (-1 where null, or everywhere for a table without it)."""
+    if "crc32" not in pq.read_schema(metadata_path).names:
+        return np.full(rows, -1, np.int64)
+    return read_table(metadata_path, columns=["crc32"]).column("crc32").cast(pa.int64()).fill_null(-1).to_numpy()
+
+
+# --------------------------------------------------------------------------- verification
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_store` found; ``problems`` holds one line per bad photo."""
+
+    photos: int = 0
+    shards: int = 0
+    ok: int = 0
+    unchecked: int = 0  # no checksum recorded (bytes readable and JPEG-framed)
+    mismatched: int = 0
+    unreadable: int = 0
+    not_jpeg: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def bad(self) -> int:
+        return self.mismatched + self.unreadable + self.not_jpeg
+
+    def summary(self, root) -> str:
+        return (f"{root}: {self.photos} photo(s) in {self.shards} shard(s): {self.ok} ok, "
+                f"{self.mismatched} checksum mismatch(es), {self.unreadable} unreadable, {self.not_jpeg} not a "
+                f"complete JPEG, {self.unchecked} without a recorded checksum")
+
+
+def verify_store(root: str | os.PathLike) -> VerifyReport:
+    """Check every photo of a store: its bytes are there, match the recorded CRC-32, and are
+    framed as a JPEG (SOI ... EOI). Reads shard by shard, in offset order."""
+    meta_path = Path(root) / "metadata.parquet"
+    t = read_table(meta_path, columns=["image_id", "shard", "offset", "nbytes"])
+    ids, shards = t.column("image_id").to_numpy(), t.column("shard").to_numpy()
+    offsets, nbytes = t.column("offset").to_numpy(), t.column("nbytes").to_numpy()
+    crcs = _checksums(meta_path, len(ids))
+    rep = VerifyReport(photos=len(ids), shards=len(np.unique(shards)))
+    for s in np.unique(shards):
+        rows = np.flatnonzero(shards == s)
+        rows = rows[np.argsort(offsets[rows], kind="stable")]
+        _verify_shard(root, int(s), [(int(ids[i]), int(offsets[i]), int(nbytes[i]), int(crcs[i])) for i in rows], rep)
+    return rep
+
+
+def _verify_shard(root, shard: int, rows, rep: VerifyReport) -> None:
+    path = shard_path(root, shard)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        rep.unreadable += len(rows)
+        rep.problems.append(f"{path}: cannot open shard ({exc.strerror}): {len(rows)} photo(s) unreadable")
+        return
+    try:
+        for iid, off, n, want in rows:
+            data = os.pread(fd, n, off)
+            where = f"{path}: offset {off}: image {iid}"
+            if len(data) != n:
+                rep.unreadable += 1
+                rep.problems.append(f"{where}: only {len(data)} of {n} bytes (shard truncated)")
+            elif want >= 0 and crc32(data) != want:
+                rep.mismatched += 1
+                rep.problems.append(f"{where}: crc32 {crc32(data):08x}, recorded {want:08x}")
+            elif not (data[:2] == b"\xff\xd8" and data.rstrip(b"\0")[-2:] == b"\xff\xd9"):
+                rep.not_jpeg += 1
+                rep.problems.append(f"{where}: not a complete JPEG")
+            elif want < 0:
+                rep.unchecked += 1
+            else:
+                rep.ok += 1
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- images

@@ -6,12 +6,16 @@ How a crawl works (paper §4.1, S2):
    ``max_box_deg`` (0.01°) per side, aligned to multiples of that size; boxes that miss the
    region polygon are dropped. ``GET /images?bbox=…&fields=id,computed_geometry,…&limit=2000``
    returns a *capped sample* (no pagination), so a box whose answer holds ≥ 95 % of the
-   limit is split into four and searched again. Points outside the polygon are dropped.
+   cap (the limit, at most the API's 2000) is split into four and searched again. A server
+   may cap lower: an answer as large as any before it (≥ 20 images) is probed by searching its
+   quadrants, and if they hold more, that size is learned as the cap (kept in the
+   checkpoint). Points outside the polygon are dropped; search-phase skips are counted once
+   per record (a point on the shared edge of two boxes comes in both answers).
 2. **Entities.** ``GET /{id}?fields=camera_type,…,thumb_1024_url`` per image; panoramas
    (spherical/equirectangular/``is_pano``) and unknown camera types are skipped, the
-   thumbnail is downloaded (a 403/410 on an expired signed URL re-queries the entity for a
-   fresh one), greyscale photos are skipped, the rest is letterboxed to 640×480 and appended
-   to a tar shard of the photo store.
+   thumbnail is downloaded exactly as served (signed URLs keep their escapes; a 403/410 on an
+   expired one re-queries the entity for a fresh one), greyscale photos are skipped, the
+   rest is letterboxed to 640×480 and appended to a tar shard of the photo store.
 3. **Export.** When nothing is pending, ``metadata.parquet`` is written atomically.
 
 All HTTP goes through one aiohttp session (an asyncio client sustains ~2k requests/s per
@@ -19,7 +23,9 @@ process on loopback, a thread pool of ``requests`` ~550); two rate limiters (sea
 space the API calls at the configured per-minute limits, and enough workers run to reach
 them with ~100 ms latency. Transient failures (429, 5xx, ``is_transient`` API errors,
 timeouts, resets, truncated JSON or JPEG) are retried with exponential backoff and jitter
-(hand-rolled: tenacity's per-attempt overhead was ~10 % of the client's CPU); a 401
+(hand-rolled: tenacity's per-attempt overhead was ~10 % of the client's CPU), waiting at
+least a server's ``Retry-After`` (up to ``backoff_max_s``); a thumbnail served as the same
+undecodable bytes 3 times is damaged for good and skipped (``bad_image``); a 401
 stops the crawl at once. Thumbnail work (decode, greyscale check, letterbox, JPEG) runs
 in a thread pool fed in batches; a thumbnail that already is a 640×480 JPEG is stored as
 served. Note the image work dominates a real crawl's CPU (~8-10 ms per 1024 px thumbnail):

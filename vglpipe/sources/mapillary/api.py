@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,8 @@ from vglpipe.store.photos import validate_image_id
 
 API_URL = "https://graph.mapillary.com"
 TOKEN_ENV = "MAPILLARY_ACCESS_TOKEN"
+#: The largest ``limit`` the search endpoint (GET /images) accepts.
+API_MAX_LIMIT = 2000
 
 #: Non-panoramic camera models of the Mapillary API (``camera_type``); everything else is skipped.
 KEEP_CAMERA_TYPES = frozenset(
@@ -93,7 +98,12 @@ class RedactFilter(logging.Filter):
 
 
 class Transient(Exception):
-    """A failure worth retrying (429, 5xx, reset, timeout, truncated body)."""
+    """A failure worth retrying (429, 5xx, reset, timeout, truncated body); ``retry_after``:
+    the seconds the server asked to wait (its ``Retry-After`` header), or None."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RateLimited(Transient):
@@ -240,8 +250,28 @@ class RateLimiter:
             self.interval = max(self.base_interval, self.interval * 0.999)
 
 
-def classify_answer(status: int, body: bytes, what: str, token: Token) -> Exception:
-    """The exception a non-200 API answer stands for (messages redacted of the token)."""
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000": UTC all the same
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def classify_answer(status: int, body: bytes, what: str, token: Token,
+                    retry_after: float | None = None) -> Exception:
+    """The exception a non-200 API answer stands for (messages redacted of the token);
+    ``retry_after`` (seconds, from the answer's header) rides on the retryable ones."""
     err: dict = {}
     try:
         parsed = json.loads(body)
@@ -252,7 +282,7 @@ def classify_answer(status: int, body: bytes, what: str, token: Token) -> Except
     message = token.redact(str(err.get("message", ""))[:200])
     # rate limits first: Graph-style rate-limit answers are also typed OAuthException
     if status == 429 or err.get("code") in (4, 17, 32, 613):
-        return RateLimited(f"HTTP {status} {message}")
+        return RateLimited(f"HTTP {status} {message}", retry_after)
     if status == 401 or err.get("code") in (102, 190) or (
         err.get("type") == "OAuthException" and status in (400, 403)
     ):
@@ -262,7 +292,7 @@ def classify_answer(status: int, body: bytes, what: str, token: Token) -> Except
                          f"for {what}: {message} — check MAPILLARY_ACCESS_TOKEN / the token file")
         )
     if status >= 500 or err.get("is_transient") or err.get("code") in (1, 2):
-        return Transient(f"HTTP {status} {message}")
+        return Transient(f"HTTP {status} {message}", retry_after)
     if status == 404 or err.get("code") == 100:
         return NotFound(f"HTTP {status} {message}")
     return SourceError(token.redact(f"{what} failed: HTTP {status}: {message or body[:200]!r}"))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from pathlib import Path
 
 import pyarrow as pa
 
 from vglpipe.errors import ResumeError
-from vglpipe.store.photos import METADATA_SCHEMA
+from vglpipe.store.photos import METADATA_SCHEMA, shard_checksums
 from vglpipe.store.tables import write_batches
 
 PENDING, STORED = 0, 1
@@ -28,12 +29,19 @@ REASON_CODE = {v: k for k, v in SKIP_REASONS.items()}
 
 # box status codes
 BOX_PENDING, BOX_DONE, BOX_SPLIT = 0, 1, 2
+#: reasons of the ``search_skips`` table (reported beside the image skip reasons)
+SEARCH_SKIP_REASONS = ("outside_region_search", "bad_search_record")
 
 
 # --------------------------------------------------------------------------- state
 
 
-COLUMNS = [f.name for f in METADATA_SCHEMA]
+log = logging.getLogger(__name__)
+
+#: checksum column: not part of a crawled row, computed from the stored bytes at export
+CHECKSUM = "crc32"
+#: the columns of a crawled photo row (metadata.parquet's, less the checksum)
+COLUMNS = [f.name for f in METADATA_SCHEMA if f.name != CHECKSUM]
 #: stores one photo row (a tuple in ``COLUMNS`` order) in the checkpoint
 INSERT_PHOTO_SQL = f"INSERT OR REPLACE INTO photos ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
@@ -52,10 +60,15 @@ class CrawlState:
             CREATE TABLE IF NOT EXISTS boxes (key TEXT PRIMARY KEY, status INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS images (id INTEGER PRIMARY KEY, status INTEGER NOT NULL);
             CREATE INDEX IF NOT EXISTS images_status ON images(status);
-            CREATE TABLE IF NOT EXISTS photos ({cols}, PRIMARY KEY (image_id));
+            CREATE TABLE IF NOT EXISTS photos ({cols}, {CHECKSUM} INTEGER, PRIMARY KEY (image_id));
             CREATE TABLE IF NOT EXISTS shards (idx INTEGER PRIMARY KEY, end_ INTEGER, finalized INTEGER);
+            -- search records skipped before the image phase, once per record (a point on the
+            -- shared edge of two boxes comes in both answers); item: the image id, or
+            -- 'raw:<id as served>' for an invalid one ('raw:<digest>' for a record without one)
+            CREATE TABLE IF NOT EXISTS search_skips (item TEXT PRIMARY KEY, reason TEXT NOT NULL);
             """
         )
+        _add_checksum_column(self.db)
 
     def connect(self) -> sqlite3.Connection:
         # WAL + NORMAL: a committed transaction survives a killed process (kill -9); the shard
@@ -86,8 +99,33 @@ class CrawlState:
         self.db.close()
 
 
+def _add_checksum_column(db: sqlite3.Connection) -> None:
+    """Checkpoints written before the checksum existed get the column (null: computed at export)."""
+    if CHECKSUM not in {row[1] for row in db.execute("PRAGMA table_info(photos)")}:
+        db.execute(f"ALTER TABLE photos ADD COLUMN {CHECKSUM} INTEGER")
+
+
+def fill_checksums(db: sqlite3.Connection, root: Path) -> int:
+    """Compute the CRC-32 of every stored photo that has none yet from its bytes in the shards
+    under ``root`` (shard by shard, in offset order); returns how many are still missing
+    (photos whose shard is missing or short)."""
+    _add_checksum_column(db)
+    shards = [r[0] for r in db.execute(f"SELECT DISTINCT shard FROM photos WHERE {CHECKSUM} IS NULL ORDER BY shard")]
+    missing = 0
+    for shard in shards:
+        rows = db.execute(f"SELECT image_id, offset, nbytes FROM photos WHERE shard=? AND {CHECKSUM} IS NULL "
+                          "ORDER BY offset", (shard,)).fetchall()
+        sums = shard_checksums(root, shard, [r[1] for r in rows], [r[2] for r in rows])
+        missing += sum(c is None for c in sums)
+        db.execute("BEGIN")
+        db.executemany(f"UPDATE photos SET {CHECKSUM}=? WHERE image_id=?",
+                       [(c, r[0]) for c, r in zip(sums, rows) if c is not None])
+        db.execute("COMMIT")
+    return missing
+
+
 def metadata_batches(db: sqlite3.Connection, chunk_rows: int):
-    cur = db.execute(f"SELECT {', '.join(COLUMNS)} FROM photos ORDER BY image_id")
+    cur = db.execute(f"SELECT {', '.join(COLUMNS + [CHECKSUM])} FROM photos ORDER BY image_id")
     while rows := cur.fetchmany(chunk_rows):
         arrays = []
         for f, values in zip(METADATA_SCHEMA, zip(*rows)):
@@ -100,6 +138,10 @@ def metadata_batches(db: sqlite3.Connection, chunk_rows: int):
 
 def export_metadata(db: sqlite3.Connection, path: Path, metadata: dict, chunk_rows: int = 1 << 16) -> int:
     """Write the checkpoint's photo rows, by image id, to ``metadata.parquet`` in chunks of
-    ``chunk_rows`` (memory stays flat: a statewide crawl holds ~11 M rows)."""
+    ``chunk_rows`` (memory stays flat: a statewide crawl holds ~11 M rows), with the CRC-32 of
+    each photo's stored bytes (computed here for rows that have none yet)."""
+    missing = fill_checksums(db, Path(path).parent)
+    if missing:
+        log.warning("%s: %d photo(s) without a checksum (their shard is missing or short)", path, missing)
     return write_batches(metadata_batches(db, chunk_rows), METADATA_SCHEMA, path, metadata=metadata)
 

@@ -7,6 +7,7 @@ import concurrent.futures
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import sqlite3
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from vglpipe.errors import AuthError, ConfigError, InputError, ResumeError, SourceError
 from vglpipe.settings import CrawlSettings
 from vglpipe.sources.mapillary.api import (
+    API_MAX_LIMIT,
     ENTITY_FIELDS,
     PANO_CAMERA_TYPES,
     SEARCH_FIELDS,
@@ -40,6 +42,7 @@ from vglpipe.sources.mapillary.api import (
     classify_answer,
     parse_entity,
     point,
+    retry_after_s,
 )
 from vglpipe.sources.mapillary.boxes import box_bounds, fmt_bbox, root_boxes
 from vglpipe.sources.mapillary.checkpoint import (
@@ -51,6 +54,7 @@ from vglpipe.sources.mapillary.checkpoint import (
     INSERT_PHOTO_SQL,
     PENDING,
     REASON_CODE,
+    SEARCH_SKIP_REASONS,
     SKIP_REASONS,
     STORED,
     CrawlState,
@@ -62,6 +66,11 @@ from vglpipe.store.photos import ShardWriter, validate_image_id
 
 log = logging.getLogger("vglpipe.crawl")
 
+#: Smallest search answer probed for a server cap below the limit (see ``Crawler._capped``):
+#: a cap this small is implausible, and probing tiny answers would search sparse boxes' quadrants.
+MIN_PROBED_ANSWER = 20
+#: A thumbnail that comes back as the same undecodable bytes this often is damaged for good.
+SAME_BAD_BODY_TRIES = 3
 
 
 @dataclass
@@ -72,6 +81,8 @@ class CrawlResult:
     boxes: int = 0
     boxes_split: int = 0
     boxes_saturated: int = 0
+    boxes_probed: int = 0
+    search_cap: int = 0  # answers of at least split_fraction of this many images were split
     requests: dict[str, int] = field(default_factory=dict)
     retries: dict[str, int] = field(default_factory=dict)
     timing_ms_per_image: dict[str, float] = field(default_factory=dict)
@@ -94,6 +105,9 @@ class Crawler:
                  image_workers: int = 0, progress: bool = True):
         if image_workers < 0:
             raise ConfigError(f"image_workers={image_workers}: must be >= 0 (0: one per core)")
+        if config.search_limit > API_MAX_LIMIT:  # settings given as JSON skip the schema's check
+            raise ConfigError(f"crawl.search_limit={config.search_limit}: the Mapillary API answers at most "
+                              f"{API_MAX_LIMIT} images per search; set it to {API_MAX_LIMIT} or less")
         self.region = region
         shapely.prepare(self.region)
         self.out = Path(out_dir)
@@ -111,6 +125,9 @@ class Crawler:
         self.result = CrawlResult()
         self._rows: list[dict] = []
         self._status: list[tuple[int, int]] = []
+        # the search answers' cap: lowered once the server shows a smaller one (_learn_cap)
+        self.cap, self.cap_learned = min(config.search_limit, API_MAX_LIMIT), False
+        self.largest = 0  # the largest search answer of this run
 
     # ---- helpers
 
@@ -127,7 +144,15 @@ class Crawler:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s", self._msg(f"retry {attempt + 1} of {what}: {type(exc).__name__}: {exc}"))
         cap = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2.0**attempt)
-        await asyncio.sleep(random.uniform(0.0, cap))
+        await asyncio.sleep(self._retry_delay(cap, getattr(exc, "retry_after", None)))
+
+    def _retry_delay(self, cap: float, retry_after: float | None) -> float:
+        """Full jitter up to ``cap``, but at least the server's ``Retry-After`` (plus up to 10 %
+        jitter, so waiting workers do not return at once), never more than ``backoff_max_s``."""
+        delay = random.uniform(0.0, cap)
+        if retry_after is not None:
+            delay = max(delay, retry_after * random.uniform(1.0, 1.1))
+        return min(delay, self.cfg.backoff_max_s)
 
     async def _api(self, kind: str, path: str, params: dict, what: str) -> Any:
         # build the URL once, already encoded: yarl's per-request parsing/quoting is a large
@@ -140,8 +165,9 @@ class Crawler:
                 async with self.session.get(url, headers=self.auth) as resp:
                     status = resp.status
                     body = await resp.read()
+                    wait = resp.headers.get("Retry-After")
                 if status != 200:
-                    raise classify_answer(status, body, what, self.token)
+                    raise classify_answer(status, body, what, self.token, retry_after_s(wait))
                 try:
                     answer = json.loads(body)
                 except ValueError:
@@ -225,61 +251,132 @@ class Crawler:
             self.writer.resume(row[0], row[1])
 
     # ---- phase 1: search
+    #
+    # A search answers a capped sample (no pagination), so a box whose answer may be capped is
+    # split into four. The cap is min(search_limit, API_MAX_LIMIT), unless the server caps
+    # lower: then an answer can be capped below the limit. An answer smaller than one already
+    # seen is complete (the server's cap is at least that), so only an answer as large as any
+    # before it (of MIN_PROBED_ANSWER images or more) is probed: its quadrants are searched, and
+    # if they hold more distinct images, the server caps at that size. The cap is learned (and
+    # kept in the checkpoint): from then on an answer of >= split_fraction of it is split.
 
-    async def _search_box(self, key: str, queue: asyncio.Queue, bar) -> None:
-        b = box_bounds(key, self.cfg.max_box_deg)
-        params = {"bbox": fmt_bbox(b), "fields": SEARCH_FIELDS, "limit": str(self.cfg.search_limit)}
+    async def _search_answer(self, key: str) -> list:
+        """The ``data`` records of a search of box ``key``."""
+        params = {"bbox": fmt_bbox(box_bounds(key, self.cfg.max_box_deg)), "fields": SEARCH_FIELDS,
+                  "limit": str(self.cfg.search_limit)}
         ans = await self._api("search", "/images", params, f"search bbox={params['bbox']}")
         data = ans.get("data") if isinstance(ans, dict) else None
         if not isinstance(data, list):
             raise SourceError(f"search bbox={params['bbox']}: answer has no 'data' list")
-        db = self.state.db
-        full = len(data) >= self.cfg.split_fraction * self.cfg.search_limit
-        if full and (b[2] - b[0]) / 2 >= self.cfg.min_box_deg:
-            children = [f"{key}{'/' if '/' not in key else ''}{q}" for q in range(4)]
-            db.execute("BEGIN")
-            db.executemany("INSERT OR IGNORE INTO boxes VALUES (?, ?)", [(c, BOX_PENDING) for c in children])
-            db.execute("UPDATE boxes SET status=? WHERE key=?", (BOX_SPLIT, key))
-            db.execute("COMMIT")
-            self.result.boxes_split += 1
-            bar.total += 4
-            for c in children:
-                queue.put_nowait(c)
-            bar.update(1)
+        return data
+
+    def _splittable(self, key: str) -> bool:
+        b = box_bounds(key, self.cfg.max_box_deg)
+        return (b[2] - b[0]) / 2 >= self.cfg.min_box_deg
+
+    async def _capped(self, key: str, n: int) -> bool:
+        """Whether an answer of ``n`` images for box ``key`` is (or may be) a capped sample."""
+        self.largest = max(self.largest, n)
+        if n >= self.cfg.split_fraction * self.cap:
+            return True
+        if self.cap_learned or n < max(MIN_PROBED_ANSWER, self.largest):
+            return False  # below the server's known cap, or below an answer already seen
+        return await self._probe(key, n)
+
+    async def _probe(self, key: str, n: int) -> bool:
+        """Whether the server capped box ``key``'s answer at ``n`` images: its quadrants hold
+        more distinct images (where one quadrant holds all ``n``, look closer into it)."""
+        self.result.boxes_probed += 1
+        while self._splittable(key):
+            kids = _children(key)
+            answers = [await self._search_answer(k) for k in kids]
+            if len({_record_key(r) for a in answers for r in a}) > n:
+                self._learn_cap(n)
+                return True
+            full = [k for k, a in zip(kids, answers) if len(a) >= n]
+            if not full:
+                return False
+            key = full[0]
+        return False
+
+    def _learn_cap(self, n: int) -> None:
+        if self.cap_learned and n >= self.cap:
             return
-        if full:
+        self.cap, self.cap_learned = min(self.cap, n), True
+        self.state.db.execute("INSERT OR REPLACE INTO meta VALUES ('search_cap', ?)", (str(self.cap),))
+        log.warning("the search endpoint caps answers at %d images (below search_limit=%d): boxes answering "
+                    "%d or more are split", self.cap, self.cfg.search_limit,
+                    math.ceil(self.cfg.split_fraction * self.cap))
+
+    def _load_cap(self) -> None:
+        """A cap learned by an earlier run of this crawl."""
+        row = self.state.db.execute("SELECT value FROM meta WHERE key='search_cap'").fetchone()
+        if row is not None:
+            self.cap, self.cap_learned = min(self.cap, int(row[0])), True
+
+    async def _search_box(self, key: str, queue: asyncio.Queue, bar) -> None:
+        data = await self._search_answer(key)
+        if await self._capped(key, len(data)):
+            if self._splittable(key):
+                self._split(key, queue, bar)
+                return
             self.result.boxes_saturated += 1
+            b = box_bounds(key, self.cfg.max_box_deg)
             log.warning("box %s still returns a full sample at %.1e°; keeping the capped sample", key, b[2] - b[0])
-        ids, lats, lons, pano, bad = [], [], [], [], 0
+        self._keep_answer(key, data)
+        bar.update(1)
+
+    def _split(self, key: str, queue: asyncio.Queue, bar) -> None:
+        children = _children(key)
+        db = self.state.db
+        db.execute("BEGIN")
+        db.executemany("INSERT OR IGNORE INTO boxes VALUES (?, ?)", [(c, BOX_PENDING) for c in children])
+        db.execute("UPDATE boxes SET status=? WHERE key=?", (BOX_SPLIT, key))
+        db.execute("COMMIT")
+        self.result.boxes_split += 1
+        bar.total += 4
+        for c in children:
+            queue.put_nowait(c)
+        bar.update(1)
+
+    def _keep_answer(self, key: str, data: list) -> None:
+        """Queue the answer's photos inside the region; record the others once per record."""
+        bbox = fmt_bbox(box_bounds(key, self.cfg.max_box_deg))
+        ids, lats, lons, pano = [], [], [], []
+        bad: list[str] = []  # search_skips items of unusable records
+        no_position: list[int] = []
         for item in data:
             try:
                 iid = validate_image_id(item.get("id") if isinstance(item, dict) else None)
             except InputError as exc:
-                bad += 1
-                log.warning("search bbox=%s: skipping record: %s", params["bbox"], exc)
+                bad.append(_record_key(item))
+                log.warning("search bbox=%s: skipping record: %s", bbox, exc)
                 continue
             pos = point(item.get("computed_geometry")) or point(item.get("geometry"))
             if pos is None:
-                bad += 1
+                bad.append(str(iid))
+                no_position.append(iid)
                 continue
             ids.append(iid)
             lats.append(pos[0])
             lons.append(pos[1])
             pano.append(item.get("is_pano") is True or item.get("camera_type") in PANO_CAMERA_TYPES)
+        if no_position:
+            log.warning("search bbox=%s: skipping %d record(s) without a usable geometry (bad_search_record), "
+                        "e.g. id(s) %s", bbox, len(no_position), ", ".join(map(str, no_position[:5])))
         inside = shapely.contains_xy(self.region, np.asarray(lons, float), np.asarray(lats, float)) \
             if ids else np.zeros(0, bool)
-        outside = int((~inside).sum())
         rows = [(i, REASON_CODE["panorama"] if p else PENDING) for i, p, ok in zip(ids, pano, inside) if ok]
+        skips = [(str(i), "outside_region_search") for i, ok in zip(ids, inside) if not ok]
+        skips += [(b, "bad_search_record") for b in bad]
+        db = self.state.db
         db.execute("BEGIN")
         db.executemany("INSERT OR IGNORE INTO images VALUES (?, ?)", rows)
-        # search-phase skips are counted in the checkpoint too, so a resumed crawl reports them
-        db.executemany(
-            "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + ?",
-            [("outside_region_search", str(outside), outside), ("bad_search_record", str(bad), bad)],
-        )
+        # search-phase skips are kept in the checkpoint (a resumed crawl reports them), once
+        # per record: a point on the shared edge of two boxes comes in both answers
+        db.executemany("INSERT OR IGNORE INTO search_skips VALUES (?, ?)", skips)
         db.execute("UPDATE boxes SET status=? WHERE key=?", (BOX_DONE, key))
         db.execute("COMMIT")
-        bar.update(1)
 
     async def _search(self) -> None:
         db = self.state.db
@@ -310,6 +407,7 @@ class Crawler:
 
     async def _fetch_thumb(self, iid: int, url: str) -> tuple[bool, bytes | None]:
         what = f"thumbnail of image {iid}"
+        bad_bodies: Counter = Counter()  # digests of the undecodable bodies received
         for attempt in range(self.cfg.retries):
             try:
                 if url is None:
@@ -319,21 +417,30 @@ class Crawler:
                     if not isinstance(url, str):
                         raise NotFound("no thumbnail URL")
                 self.requests["thumbnail"] += 1
-                async with self.session.get(url) as resp:
+                async with self.session.get(_as_served(url)) as resp:
                     status = resp.status
                     body = await resp.read()
+                    wait = resp.headers.get("Retry-After")
                 if status in (403, 410):
                     url = None
                     raise Expired(f"HTTP {status}")
                 if status == 404:
                     raise NotFound("HTTP 404")
                 if status == 429 or status >= 500:
-                    raise Transient(f"HTTP {status}")
+                    raise Transient(f"HTTP {status}", retry_after_s(wait))
                 if status != 200:
                     raise SourceError(f"{what}: HTTP {status}")
-                # a truncated/corrupt JPEG raises InputError: downloaded again
+                # a truncated/corrupt JPEG raises InputError: downloaded again, unless it is
+                # the same bad bytes again and again (damaged at the source)
                 t0 = time.perf_counter()
-                out = await self.images.process(body, what)
+                try:
+                    out = await self.images.process(body, what)
+                except InputError:
+                    if _seen_often(bad_bodies, body):
+                        log.warning("%s", self._msg(f"{what}: the same {len(body)} undecodable bytes "
+                                                    f"{SAME_BAD_BODY_TRIES} times; skipped as bad_image"))
+                        return False, None
+                    raise
                 self.timing["process"] += time.perf_counter() - t0
                 return out
             except (Transient, Expired, asyncio.TimeoutError, aiohttp.ClientError, InputError) as exc:
@@ -361,7 +468,12 @@ class Crawler:
             self.counts[reason] += 1
             self._status.append((FAILED if reason == "failed" else REASON_CODE[reason], iid))
         bar.update(1)
-        if not bar.disable and bar.n % 64 == 0:
+        if bar.n % 64 == 0:
+            self._show_counts(bar)
+
+    def _show_counts(self, bar) -> None:
+        """The stored/skipped counts in the progress bar's postfix (shown at its next refresh)."""
+        if not bar.disable:
             bar.set_postfix(stored=self.counts["stored"], skipped=sum(self.counts.values()) - self.counts["stored"],
                             refresh=False)
 
@@ -426,6 +538,7 @@ class Crawler:
         finally:
             stop.set()
             await asyncio.shield(committer)  # the last batch is committed even when failing
+            self._show_counts(bar)  # the final line shows the final counts
             bar.close()
 
     # ---- driver
@@ -461,6 +574,7 @@ class Crawler:
         self.io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vgl-commit")
         try:
             self.state.check_fingerprint(self._fingerprint())
+            self._load_cap()
             self._open_writer()
             timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
             connector = aiohttp.TCPConnector(limit=self.cfg.connections, ttl_dns_cache=300)
@@ -493,9 +607,11 @@ class Crawler:
         r.failed = st.count("SELECT count(*) FROM images WHERE status=?", FAILED)
         r.skipped = {name: st.count("SELECT count(*) FROM images WHERE status=?", code)
                      for code, name in SKIP_REASONS.items()}
-        for key in ("outside_region_search", "bad_search_record"):
-            row = st.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-            r.skipped[key] = int(row[0]) if row else 0
+        for key in SEARCH_SKIP_REASONS:
+            legacy = st.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()  # older checkpoints
+            r.skipped[key] = st.count("SELECT count(*) FROM search_skips WHERE reason=?", key) + \
+                (int(legacy[0]) if legacy else 0)
+        r.search_cap = self.cap
         r.requests, r.retries = dict(self.requests), dict(self.retries)
         done = max(1, sum(self.counts.values()))
         r.timing_ms_per_image = {k: round(1000 * v / done, 1) for k, v in self.timing.items()}
@@ -516,6 +632,38 @@ class Crawler:
         atomic_write_text(self.out / "crawl_report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
         log.info("crawl complete: %d photos stored, skipped %s, %d failed; requests %s; retries %s",
                  r.stored, {k: v for k, v in r.skipped.items() if v}, r.failed, r.requests, r.retries)
+
+
+def _children(key: str) -> list[str]:
+    """The four quadrants' keys of box ``key``."""
+    return [f"{key}{'/' if '/' not in key else ''}{q}" for q in range(4)]
+
+
+def _record_key(item: Any) -> str:
+    """A search record's identity: its image id as served, or a digest of an id-less record."""
+    raw = item.get("id") if isinstance(item, dict) else None
+    if isinstance(raw, (str, int)) and not isinstance(raw, bool):
+        try:
+            return str(validate_image_id(raw))
+        except InputError:
+            return f"raw:{raw!r}"[:200]
+    text = json.dumps(item, sort_keys=True, default=str)
+    return "raw:" + hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def _as_served(url: str) -> yarl.URL | str:
+    """``url`` to request exactly as served: a signed URL's escapes (``%2F``) must stay, or a
+    CDN that checks the exact URL refuses it. One with spaces or non-ASCII (not encoded) is encoded."""
+    if url.isascii() and not any(c.isspace() for c in url):
+        return yarl.URL(url, encoded=True)
+    return url
+
+
+def _seen_often(seen: Counter, body: bytes) -> bool:
+    """Count ``body``; whether it came SAME_BAD_BODY_TRIES times."""
+    digest = hashlib.blake2b(body, digest_size=16).digest()
+    seen[digest] += 1
+    return seen[digest] >= SAME_BAD_BODY_TRIES
 
 
 class _GaveUp(Exception):
