@@ -464,6 +464,7 @@ class TrainStage:
 class EmbedStage:
     embed: EmbedSettings
     lods: LodSpec  # the experiment's
+    max_upsample: float  # aerial.quality.max_upsample
 
 
 @dataclass(frozen=True)
@@ -705,7 +706,8 @@ class Settings:
         return TrainStage(experiment=self.experiment(experiment))
 
     def embed_stage(self, experiment: str) -> EmbedStage:
-        return EmbedStage(embed=self.embed, lods=self.experiment(experiment).lods)
+        return EmbedStage(embed=self.embed, lods=self.experiment(experiment).lods,
+                          max_upsample=self.quality.max_upsample)
 
     def index_stage(self) -> IndexStage:
         return IndexStage(index=self.index, layout=self.layout)

@@ -73,9 +73,11 @@ class CellChunks(torch.utils.data.IterableDataset):
     """Batches of uint8 LOD patches of chunks of cells; each worker takes whole chunks."""
 
     def __init__(self, index_path: Path, lods: LodSpec, lat: np.ndarray, lon: np.ndarray,
-                 chunks: list[tuple[int, int]], row0: int, batch_size: int, aerial_size: int, cache_mb: float = 256):
+                 chunks: list[tuple[int, int]], row0: int, batch_size: int, aerial_size: int, cache_mb: float = 256,
+                 max_upsample: float | None = None):
         self.index_path, self.lods, self.lat, self.lon = index_path, lods, lat, lon
         self.chunks, self.row0, self.batch_size, self.aerial_size, self.cache_mb = chunks, row0, batch_size, aerial_size, cache_mb
+        self.max_upsample = max_upsample
 
     def __iter__(self):
         import cv2
@@ -85,19 +87,22 @@ class CellChunks(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         mine = self.chunks if info is None else self.chunks[info.id::info.num_workers]
         P, n = self.lods.patch_px, self.lods.n_lods
-        with AerialSampler(self.index_path, spec=self.lods, cache_mb=self.cache_mb) as sampler:
+        with AerialSampler(self.index_path, spec=self.lods, cache_mb=self.cache_mb,
+                           max_upsample=self.max_upsample) as sampler:
             for c0, c1 in mine:
                 sel = slice(c0 - self.row0, c1 - self.row0)
                 patches = np.zeros((c1 - c0, n, P, P, 3), np.uint8)
                 cov = np.zeros((c1 - c0, n), np.float32)
+                upsampled = np.zeros((c1 - c0, n), bool)
                 for part in sampler.sample_cells(self.lat[sel], self.lon[sel], batch_cells=256):
                     patches[part.index] = part.patches
                     cov[part.index] = part.coverage
+                    upsampled[part.index] = part.upsampled
                 if P != self.aerial_size:
                     s = self.aerial_size
                     patches = np.stack([[cv2.resize(p, (s, s), interpolation=cv2.INTER_AREA) for p in cell]
                                         for cell in patches]) if len(patches) else patches[:, :, :s, :s]
-                yield c0, c1, torch.from_numpy(patches), torch.from_numpy(cov)
+                yield c0, c1, torch.from_numpy(patches), torch.from_numpy(cov), torch.from_numpy(upsampled)
 
 
 def _device_embed(model, images: torch.Tensor, aerial: bool, device: torch.device, amp: bool,
@@ -122,7 +127,8 @@ def _device_embed(model, images: torch.Tensor, aerial: bool, device: torch.devic
 
 def embed_cell_shard(model, weights_id: str, cells_path: Path, aerial_index: Path, lods: LodSpec, out_dir: Path,
                      shard: int, shards: int, chunk_cells: int, batch_size: int, min_coverage: float,
-                     workers: int, device: torch.device, amp: bool, progress: bool = True) -> dict:
+                     workers: int, device: torch.device, amp: bool, progress: bool = True,
+                     max_upsample: float | None = None) -> dict:
     """Embed shard ``shard`` of ``shards`` of a region's cells (resumable); returns its report."""
     cells = read_table(cells_path, ["id", "lat", "lon"])
     plan = plan_shard(cells.num_rows, shard, shards, chunk_cells)
@@ -145,7 +151,8 @@ def embed_cell_shard(model, weights_id: str, cells_path: Path, aerial_index: Pat
     ids = cells["id"].to_numpy()[plan.start:plan.stop]
     lat = cells["lat"].to_numpy()[plan.start:plan.stop]
     lon = cells["lon"].to_numpy()[plan.start:plan.stop]
-    ds = CellChunks(aerial_index, lods, lat, lon, todo, plan.start, batch_size, model.config.aerial_size)
+    ds = CellChunks(aerial_index, lods, lat, lon, todo, plan.start, batch_size, model.config.aerial_size,
+                    max_upsample=max_upsample)
     dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=min(workers, len(todo)),
                                      pin_memory=device.type == "cuda", prefetch_factor=2 if workers and todo else None)
     t0 = time.perf_counter()
@@ -153,13 +160,14 @@ def embed_cell_shard(model, weights_id: str, cells_path: Path, aerial_index: Pat
                desc=f"embed cells shard {shard}", unit="cell", disable=not progress, dynamic_ncols=True, mininterval=2)
     wait = 0.0
     tw = time.perf_counter()
-    for c0, c1, patches, cov in dl:
+    for c0, c1, patches, cov, upsampled in dl:
         wait += time.perf_counter() - tw
         keep = cov[:, 0].numpy() >= min_coverage
         vec = _device_embed(model, patches[torch.from_numpy(keep)], True, device, amp, batch_size)
         with atomic_path(work / f"chunk-{c0:012d}.npz") as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, ids=ids[c0 - plan.start:c1 - plan.start], keep=keep, vectors=vec, coverage=cov.numpy())
+                np.savez(f, ids=ids[c0 - plan.start:c1 - plan.start], keep=keep, vectors=vec, coverage=cov.numpy(),
+                         upsampled=upsampled.numpy())
         bar.update(c1 - c0)
         tw = time.perf_counter()
     bar.close()
@@ -170,9 +178,11 @@ def embed_cell_shard(model, weights_id: str, cells_path: Path, aerial_index: Pat
 def _finish_shard(plan: ShardPlan, paths: dict, weights_id: str, lods: LodSpec, min_coverage: float,
                   seconds: float, wait: float, dim: int) -> dict:
     vecs, kept_ids, ex_ids, ex_cov = [], [], [], []
+    upsampled = np.zeros(lods.n_lods, np.int64)  # embedded cells per LOD whose patch is magnified too much
     for c0, _ in plan.chunks:
         with np.load(paths["work"] / f"chunk-{c0:012d}.npz") as z:
             keep = z["keep"]
+            upsampled += z["upsampled"][keep].sum(axis=0)
             vecs.append(z["vectors"])
             kept_ids.append(z["ids"][keep])
             ex_ids.append(z["ids"][~keep])
@@ -187,6 +197,7 @@ def _finish_shard(plan: ShardPlan, paths: dict, weights_id: str, lods: LodSpec, 
     n_cells = plan.stop - plan.start
     info = {"weights_id": weights_id, "shard": plan.index, "shards": plan.count, "rows": [plan.start, plan.stop],
             "cells": n_cells, "embedded": int(ids.size), "excluded_low_coverage": int(excluded.num_rows),
+            "upsampled_cells_per_lod": upsampled.tolist(),
             "min_coverage": min_coverage, "dim": int(vectors.shape[1]) if vectors.ndim == 2 else dim,
             "seconds": round(seconds, 2), "cells_per_s": round(n_cells / seconds, 1) if seconds > 0 else None,
             "data_wait_fraction": round(wait / seconds, 4) if seconds > 0 else None}
@@ -196,6 +207,9 @@ def _finish_shard(plan: ShardPlan, paths: dict, weights_id: str, lods: LodSpec, 
     if excluded.num_rows:
         log.warning("shard %d: %d of %d cells have LOD-0 coverage below %.2f and are not embedded (listed in %s)",
                     plan.index, excluded.num_rows, n_cells, min_coverage, paths["excluded"])
+    if upsampled.any():
+        log.warning("shard %d: embedded cells whose patch is upsampled beyond aerial.quality.max_upsample, per LOD: %s "
+                    "(imagery coarser than the LOD needs)", plan.index, upsampled.tolist())
     log.info("shard %d: %d cells embedded in %.1f s (%.0f cells/s, data wait %.0f %%)", plan.index, ids.size,
              seconds, n_cells / max(seconds, 1e-9), 100 * wait / max(seconds, 1e-9))
     return info
