@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> dict:
             figures.update({f"hnsw_{key}": v for key, v in out.items()}, hnsw_spec=_params(spec, "hnsw"))
             if args.sweep:
                 grid = [{"seed_search": "separate", "ef_search": e, "entry_probe": p}
-                        for p in (4, 8, 16, 32) for e in (16, 32, 64)]
+                        for p in (4, 8, 16, 24, 32) for e in (16, 24, 32, 64)]
                 grid += [{"seed_search": "joint", "ef_search": e, "entry_probe": 16} for e in (512, 1024, 2048)]
                 sweeps["hnsw"] = _sweep("hnsw", index, queries, truth, k, grid)
             del index
