@@ -124,9 +124,9 @@ def spec_for(settings, kind: str, n_cells: int, dim: int) -> IndexSpec:
 def recommended_spec(kind: str, n_cells: int, dim: int = 1024) -> IndexSpec:
     """The default settings' IndexSpec (what a config that names nothing builds; see the index benchmark).
 
-    1 M cells x 1024-d: hnsw top-1 agreement with exact 0.984 at 1.3 ms/query (32 seeds: 0.994,
-    2.7 ms); compressed 1.000 at 0.7 ms/query, 163 B/cell of RAM (Massachusetts ≈ 3.8 GB RAM +
-    52 GB fp16 vectors on disk).
+    1 M cells x 1024-d (bench index): hnsw top-1 agreement with exact 0.990 at 1.9 ms/query
+    (24 seeds; 16: 0.984 at 1.2 ms); compressed 1.000 at 0.85 ms/query, 163 B/cell of RAM
+    (Massachusetts ≈ 3.8 GB RAM + 52 GB fp16 vectors on disk).
     """
     from vglpipe.settings import IndexSettings
 
