@@ -135,7 +135,7 @@ def test_checkpoint_from_before_checksums_gets_them_at_export(tmp_path):
     w.close(finalize=True)
     _old_checkpoint(tmp_path / "crawl-state.sqlite", rows[:2])
     state = CrawlState(tmp_path / "crawl-state.sqlite")  # adds the column
-    state.db.execute(INSERT_PHOTO_SQL, rows[2])  # a row as the resumed crawler writes it
+    state.db.execute(INSERT_PHOTO_SQL, (*rows[2], zlib.crc32(jpegs[33])))  # as the resumed crawler writes it
     export_metadata(state.db, tmp_path / "metadata.parquet", {"test": True})
     state.close()
     meta = pq.read_table(tmp_path / "metadata.parquet")

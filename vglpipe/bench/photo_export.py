@@ -47,7 +47,8 @@ def _fill(db_path: Path, n: int, seed: int = 0) -> None:
         rows = [
             (int(ids[i]), float(lat[i]), float(lon[i]), float(lat[i]), float(lon[i]), int(t[i]), "perspective",
              "Apple", "iPhone 12", float(ang[i]), float(ang[i]), f"seq{int(ids[i]) // 50:x}", int(ids[i]) % 5000,
-             f"user_{int(ids[i]) % 5000}", 4032, 3024, int(ids[i]) % 4000, 512 * (i + 1), 60_000)
+             f"user_{int(ids[i]) % 5000}", 4032, 3024, int(ids[i]) % 4000, 512 * (i + 1), 60_000,
+             int(ids[i]) & 0xFFFFFFFF)
             for i in range(k)
         ]
         db.execute("BEGIN")

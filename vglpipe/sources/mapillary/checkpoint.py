@@ -38,12 +38,16 @@ SEARCH_SKIP_REASONS = ("outside_region_search", "bad_search_record")
 
 log = logging.getLogger(__name__)
 
-#: checksum column: not part of a crawled row, computed from the stored bytes at export
+#: checksum column: recorded by the crawler as it stores a photo; checkpoints written before it
+#: existed get it at export, from the stored bytes
 CHECKSUM = "crc32"
-#: the columns of a crawled photo row (metadata.parquet's, less the checksum)
+#: the columns of a photo row as checkpoints held them before the checksum
 COLUMNS = [f.name for f in METADATA_SCHEMA if f.name != CHECKSUM]
-#: stores one photo row (a tuple in ``COLUMNS`` order) in the checkpoint
-INSERT_PHOTO_SQL = f"INSERT OR REPLACE INTO photos ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+#: a stored photo's row: ``metadata.parquet``'s columns (the checksum last)
+ROW_COLUMNS = COLUMNS + [CHECKSUM]
+#: stores one photo row (a tuple in ``ROW_COLUMNS`` order) in the checkpoint
+INSERT_PHOTO_SQL = (f"INSERT OR REPLACE INTO photos ({', '.join(ROW_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})")
 
 
 class CrawlState:
@@ -125,7 +129,7 @@ def fill_checksums(db: sqlite3.Connection, root: Path) -> int:
 
 
 def metadata_batches(db: sqlite3.Connection, chunk_rows: int):
-    cur = db.execute(f"SELECT {', '.join(COLUMNS + [CHECKSUM])} FROM photos ORDER BY image_id")
+    cur = db.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM photos ORDER BY image_id")
     while rows := cur.fetchmany(chunk_rows):
         arrays = []
         for f, values in zip(METADATA_SCHEMA, zip(*rows)):
@@ -139,7 +143,7 @@ def metadata_batches(db: sqlite3.Connection, chunk_rows: int):
 def export_metadata(db: sqlite3.Connection, path: Path, metadata: dict, chunk_rows: int = 1 << 16) -> int:
     """Write the checkpoint's photo rows, by image id, to ``metadata.parquet`` in chunks of
     ``chunk_rows`` (memory stays flat: a statewide crawl holds ~11 M rows), with the CRC-32 of
-    each photo's stored bytes (computed here for rows that have none yet)."""
+    each photo's stored bytes (computed here only for rows of older checkpoints that have none)."""
     missing = fill_checksums(db, Path(path).parent)
     if missing:
         log.warning("%s: %d photo(s) without a checksum (their shard is missing or short)", path, missing)

@@ -49,11 +49,11 @@ from vglpipe.sources.mapillary.checkpoint import (
     BOX_DONE,
     BOX_PENDING,
     BOX_SPLIT,
-    COLUMNS,
     FAILED,
     INSERT_PHOTO_SQL,
     PENDING,
     REASON_CODE,
+    ROW_COLUMNS,
     SEARCH_SKIP_REASONS,
     SKIP_REASONS,
     STORED,
@@ -62,7 +62,7 @@ from vglpipe.sources.mapillary.checkpoint import (
 )
 from vglpipe.sources.mapillary.images import ImageBatcher
 from vglpipe.store.atomic import atomic_write_text
-from vglpipe.store.photos import ShardWriter, validate_image_id
+from vglpipe.store.photos import ShardWriter, crc32, validate_image_id
 
 log = logging.getLogger("vglpipe.crawl")
 
@@ -210,7 +210,7 @@ class Crawler:
         if rows:
             db.executemany(
                 INSERT_PHOTO_SQL,
-                [tuple(r[c] for c in COLUMNS) for r in rows],
+                [tuple(r[c] for c in ROW_COLUMNS) for r in rows],
             )
             db.executemany("UPDATE images SET status=? WHERE id=?", [(STORED, r["image_id"]) for r in rows])
         if status:
@@ -508,6 +508,7 @@ class Crawler:
         if jpeg is None:
             return "bad_image"
         row["shard"], row["offset"], row["nbytes"] = self.writer.append(iid, jpeg)
+        row["crc32"] = crc32(jpeg)  # here, while the bytes are in memory: the export reads no photo
         self._rows.append(row)
         return None
 
