@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> dict:
         print(f"images: {req.get('entity', 0)} entity + {req.get('thumbnail', 0)} thumbnail requests in "
               f"{result.image_seconds:.1f} s = {entity_rate:.0f} entity/s ({frac_entity:.1%} of {per_s:.0f}/s), "
               f"{n_req / wall:.0f} requests/s overall")
-        print(f"stored {result.stored}, failed {result.failed}, retries {result.retries}")
+        print(f"stored {result.stored}, failed {result.failed}, retries {result.retries}, skipped {result.skipped}; "
+              f"boxes split {result.boxes_split}, probed for a lower answer cap {result.boxes_probed}")
         print(f"crawler CPU {cpu:.1f} s (event loop + image threads) = "
               f"{cpu_per_1k:.2f} s per 1k requests, of which the event loop thread {loop_per_1k:.2f}; "
               f"fake server {server_cpu:.1f} s; "
