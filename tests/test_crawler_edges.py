@@ -4,9 +4,12 @@ good, and exact counts (edge points, records without geometry, the progress bar)
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import json
 import logging
 import re
+import threading
 import time
 
 import cv2
@@ -16,7 +19,7 @@ import requests
 from shapely.geometry import box
 
 from vglpipe.demo.fake_mapillary import Faults, load_source, make_random_source, write_source
-from vglpipe.errors import ConfigError
+from vglpipe.errors import ConfigError, SourceError
 from vglpipe.settings import CrawlSettings
 from vglpipe.sources.mapillary import Crawler, Token, crawl as crawl_
 from vglpipe.sources.mapillary.api import retry_after_s
@@ -215,3 +218,78 @@ def test_progress_bar_final_line_shows_the_final_counts(tiny, tmp_path, capsys):
     lines = [s for s in re.split(r"[\r\n]", capsys.readouterr().err) if s.startswith("images")]
     assert result.stored == len(want) and lines
     assert f"stored={result.stored}" in lines[-1] and "skipped=0" in lines[-1]
+
+
+def test_images_finished_while_a_commit_is_written_are_counted(tiny, tmp_path):
+    """Images finishing while the committer writes a batch (a slow disk) are committed before
+    the counts are taken: the last commit of the image phase happens after its last image."""
+    src, want = tiny
+    broken = max(want)  # processed last (one worker, ids in order): a skip finishing during the write
+    with load_source(src, TOKEN, latency_s=0.02, broken_thumbs=[str(broken)]) as fake:
+        crawler = Crawler(DENSE_REGION, tmp_path, Token(TOKEN), config(fake.url, concurrency=1, commit_interval_s=0.01),
+                          image_workers=1, progress=False)
+        write, slowed = crawler._write_batch, []
+
+        def slow_write(db, batch):
+            rows = batch[0]
+            if rows and not slowed and threading.current_thread().name.startswith("vgl-commit"):
+                slowed.append(len(rows))  # the committer's first batch: held until every image is done
+                deadline = time.monotonic() + 20
+                while sum(crawler.counts.values()) < len(want) and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                time.sleep(0.3)  # the image phase ends meanwhile
+            write(db, batch)
+
+        crawler._write_batch = slow_write
+        result = asyncio.run(crawler.run())
+    assert slowed and slowed[0] < len(want) - 1  # images were finished during the slow write
+    assert result.stored == len(want) - 1 and result.skipped["bad_image"] == 1 and result.failed == 0
+    assert stored_ids(tmp_path) == want - {broken}
+    report = json.loads((tmp_path / "crawl_report.json").read_text())
+    assert report["stored"] == len(want) - 1 and report["skipped"]["bad_image"] == 1
+
+
+def test_crawl_with_images_left_unfinished_fails_instead_of_reporting_short_counts(tiny, tmp_path):
+    src, want = tiny
+    with load_source(src, TOKEN) as fake:
+        crawler = Crawler(DENSE_REGION, tmp_path, Token(TOKEN), config(fake.url), image_workers=1, progress=False)
+
+        async def no_images():  # an image phase that ends with every found image still pending
+            return None
+
+        crawler._images = no_images
+        with pytest.raises(SourceError, match=rf"0 search box\(es\) and {len(want)} image\(s\) left unfinished"):
+            asyncio.run(crawler.run())
+    assert not (tmp_path / "crawl_report.json").exists()
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory):
+    """4x4 search boxes of 0.01° holding 0 to 150 photos each (many near a cap of 40), some
+    photos exactly on box edges, quadrant edges and corners."""
+    d = tmp_path_factory.mktemp("uneven")
+    rng = np.random.default_rng(7)
+    counts = [0, 5, 19, 20, 38, 39, 40, 41, 45, 60, 79, 80, 81, 120, 150, 39]
+    pts: dict[str, tuple[float, float]] = {}
+    for b, n in enumerate(counts):
+        x0, y0 = 10.0 + 0.01 * (b % 4), 50.0 + 0.01 * (b // 4)
+        for _ in range(n):
+            pts[str(10_000 + len(pts))] = (x0 + 0.01 * rng.random(), y0 + 0.01 * rng.random())
+    for k in range(1, 4):  # on the edges shared by boxes and their quadrants, and on corners
+        for f in (0.0, 0.0025, 0.005):
+            pts[str(10_000 + len(pts))] = (10.0 + 0.01 * k, 50.013 + f)
+            pts[str(10_000 + len(pts))] = (10.017 + f, 50.0 + 0.01 * k)
+            pts[str(10_000 + len(pts))] = (10.0 + 0.01 * k + f, 50.0 + 0.01 * k + f)
+    return point_source(d, pts), {int(i) for i in pts}
+
+
+@pytest.mark.parametrize("max_limit", [40, 2000])
+def test_concurrent_searches_of_uneven_boxes_near_a_server_cap_find_every_photo(uneven, tmp_path, max_limit):
+    src, want = uneven
+    region = box(9.9995, 49.9995, 10.0405, 50.0405)
+    with load_source(src, TOKEN, max_limit=max_limit) as fake:
+        result = crawl(region, tmp_path, fake.url, search_concurrency=16, concurrency=32)
+    assert stored_ids(tmp_path) == want
+    assert result.stored == len(want) and result.failed == 0 and not any(result.skipped.values())
+    assert result.search_cap == min(max_limit, 2000) and result.boxes_probed >= 1
+    assert (result.boxes_split > 0) == (max_limit == 40)  # the capped boxes were split

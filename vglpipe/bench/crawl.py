@@ -114,7 +114,10 @@ def run(args: argparse.Namespace) -> dict:
         print(f"images: {req.get('entity', 0)} entity + {req.get('thumbnail', 0)} thumbnail requests in "
               f"{result.image_seconds:.1f} s = {entity_rate:.0f} entity/s ({frac_entity:.1%} of {per_s:.0f}/s), "
               f"{n_req / wall:.0f} requests/s overall")
+        # every served photo is stored, failed or skipped for a named reason (all lie in the region)
+        unaccounted = args.images - result.stored - result.failed - sum(result.skipped.values())
         print(f"stored {result.stored}, failed {result.failed}, retries {result.retries}, skipped {result.skipped}; "
+              f"unaccounted {unaccounted}; "
               f"boxes split {result.boxes_split}, probed for a lower answer cap {result.boxes_probed}")
         print(f"crawler CPU {cpu:.1f} s (event loop + image threads) = "
               f"{cpu_per_1k:.2f} s per 1k requests, of which the event loop thread {loop_per_1k:.2f}; "
@@ -134,6 +137,7 @@ def run(args: argparse.Namespace) -> dict:
             "requests_per_s": round(n_req / wall, 1),
             "stored": result.stored,
             "failed": result.failed,
+            "unaccounted": unaccounted,
             "retries": sum(result.retries.values()),
             "latency_ms": args.latency_ms,
             "image_ms_per_1024_thumb": round(img_ms, 2),

@@ -222,7 +222,8 @@ class Crawler:
         self._write_batch(self.state.db, self._take_batch())
 
     async def _committer(self, stop: asyncio.Event) -> None:
-        """Commit finished images every ``commit_interval_s`` off the event loop, until ``stop``."""
+        """Commit finished images every ``commit_interval_s`` off the event loop, until ``stop``
+        (set once no image is in progress any more): the last batch is taken after it was set."""
         loop = asyncio.get_running_loop()
         db = self.state.connect()
         try:
@@ -231,9 +232,12 @@ class Crawler:
                     await asyncio.wait_for(stop.wait(), self.cfg.commit_interval_s)
                 except asyncio.TimeoutError:
                     pass
+                # decided before the batch is taken: images finishing while a batch is being
+                # written (fsync, SQLite) go into the next one, which is then still written
+                last = stop.is_set()
                 if self._rows or self._status or self._finalized:
                     await loop.run_in_executor(self.io, self._write_batch, db, self._take_batch())
-                if stop.is_set():
+                if last:
                     return
         finally:
             db.close()
@@ -600,7 +604,22 @@ class Crawler:
                 self.writer.close(finalize=False)
             self.state.close()
 
+    def _check_accounted(self) -> None:
+        """Every box searched and every image found stored, failed or skipped (a named reason),
+        all committed: the counts below are then exact, not short by what was still in flight."""
+        st = self.state
+        if self._rows or self._status:
+            raise SourceError(f"crawl of {self.out}: {len(self._rows) + len(self._status)} finished image(s) "
+                              "not committed before the counts (a crawler bug); a rerun resumes")
+        boxes = st.count("SELECT count(*) FROM boxes WHERE status=?", BOX_PENDING)
+        known = (STORED, FAILED, *SKIP_REASONS)
+        open_ = st.count(f"SELECT count(*) FROM images WHERE status NOT IN ({', '.join('?' * len(known))})", *known)
+        if boxes or open_:
+            raise SourceError(f"crawl of {self.out}: {boxes} search box(es) and {open_} image(s) left unfinished "
+                              "(a crawler bug); a rerun resumes them")
+
     def _finish(self) -> None:
+        self._check_accounted()
         st = self.state
         r = self.result
         r.boxes = st.count("SELECT count(*) FROM boxes WHERE status=?", BOX_DONE)
