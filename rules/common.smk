@@ -51,6 +51,11 @@ def is_demo(region):
     return region in SETTINGS.demo.regions
 
 
+def train_resource(key):
+    """resources function: one of an experiment's training job resources (SETTINGS.train_resources)."""
+    return lambda wc: SETTINGS.train_resources(wc.experiment)[key]
+
+
 def train_inputs(wc):
     """Every training region's photos, photo cells and orthophoto index."""
     inputs = {}

@@ -27,10 +27,10 @@ rule embed_cells:
         "benchmarks/embed/{experiment}/{region}/cells-{shard}.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: SETTINGS.embed.workers + 1
+    threads: SETTINGS.embed_threads()
     resources:
-        mem_mb=16000,
-        runtime=24 * 60,
+        **SETTINGS.embed_resources(),
+    retries: SETTINGS.cluster.embed.retries
     shell:
         "python -m vglpipe.embed cells --settings {params.settings} --model {params.model:q} "
         "--cells {input.cells:q} --aerial-index {input.aerial:q} --shard {params.shard} --out {params.out:q} "
@@ -58,10 +58,10 @@ rule embed_photos:
         "benchmarks/embed/{experiment}/{region}/photos.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: SETTINGS.embed.workers + 1
+    threads: SETTINGS.embed_threads()
     resources:
-        mem_mb=8000,
-        runtime=12 * 60,
+        **SETTINGS.embed_resources(),
+    retries: SETTINGS.cluster.embed.retries
     shell:
         "python -m vglpipe.embed photos --settings {params.settings} --model {params.model:q} "
         "--photos {params.photos:q} --photo-cells {input.photo_cells:q} --out {params.out:q} "

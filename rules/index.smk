@@ -18,10 +18,9 @@ rule index:
         "benchmarks/index/{experiment}/{region}/{kind}.tsv"
     conda:
         "../envs/geo.yaml"
-    threads: 2
+    threads: SETTINGS.cluster.index.cpus
     resources:
-        mem_mb=16000,
-        runtime=24 * 60,
+        **SETTINGS.index_resources(),
     shell:
         "python -m vglpipe.index --settings {params.settings} --kind {wildcards.kind} "
         "--embeddings {params.embeddings:q} --out {output:q} > {log:q} 2>&1"

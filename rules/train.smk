@@ -1,6 +1,8 @@
 # Train stage: one model per experiment on the photos and orthophotos of the training regions
 # (role: train). results/models/{experiment}/checkpoint/ is not declared: Snakemake never
-# deletes it, and a killed or preempted training continues from it.
+# deletes it, and a killed or preempted training continues from it. Resources come from the
+# config's cluster.train: with several processes the job has one SLURM task per process and
+# the command starts them (srun in a SLURM job, torchrun elsewhere).
 
 
 rule train:
@@ -20,10 +22,10 @@ rule train:
         "benchmarks/train/{experiment}.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: lambda wc: SETTINGS.experiment(wc.experiment).train.workers + 1
+    threads: lambda wc: SETTINGS.train_threads(wc.experiment)
     resources:
-        mem_mb=16000,
-        runtime=3 * 24 * 60,
+        **{k: train_resource(k) for k in SETTINGS.TRAIN_RESOURCES},
+    retries: SETTINGS.cluster.train.retries
     shell:
         "python -m vglpipe.train --settings {params.settings} {params.regions} --out {params.out:q} "
-        "--no-progress > {log:q} 2>&1"
+        "--processes {resources.tasks} --nodes {resources.nodes} --cpus-per-process {threads} --no-progress > {log:q} 2>&1"

@@ -5,13 +5,18 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
-
 import yaml
+from safetensors.torch import load_file
 
-from conftest import demo_config, run_snakemake, write_config
+from conftest import REPO, WORKFLOW_FILES, deep_merge, demo_config, run_snakemake, tool_env, write_config
 from test_cells_stage import TOWN_TARGETS, write_inputs
+from test_demo_workflow import small_config
 
 
 def slurm_up() -> bool:
@@ -65,3 +70,166 @@ def test_demo_crawl_on_slurm_gets_its_threads_as_cpus(workflow_dir):
     assert {s for s, _ in rows.values()} == {"COMPLETED"}, acct.stdout
     cpus = {jobs[j]: int(c) for j, (_, c) in rows.items()}
     assert cpus["crawl"] == 2 and cpus["demo_world"] == 1, cpus  # the demo config's crawl.threads
+
+
+# ---- the method half as SLURM jobs: training with 2 processes (gloo; launched exactly as on GPUs),
+# embed shards, index; scancel and rerun
+
+#: CI's cluster is one node with 2 CPUs: training as 2 processes of 1 CPU each (srun, gloo)
+SLURM_CONFIG = {
+    "cluster": {"train": {"cpu_processes_per_node": 2, "cpus_per_process": 1, "mem_mb_per_node": 3000,
+                          "runtime_min": 20},
+                "embed": {"mem_mb": 2500, "runtime_min": 15}, "index": {"cpus": 1, "mem_mb": 2000, "runtime_min": 10}},
+    "train": {"steps": 64},  # long enough (~20 s) to be cancelled mid-way
+    "embed": {"shards": 3},
+}
+DATA_TARGETS = ["results/cells/demo-train/photo_cells.parquet", "results/aerial/demo-train/index.parquet",
+                "results/cells/demo-test/cells_30m.parquet", "results/cells/demo-test/photo_cells.parquet",
+                "results/aerial/demo-test/index.parquet"]
+TARGETS = ["results/index/demo/demo-test/hnsw"]
+SHARD_FILES = [f"results/embeddings/demo/demo-test/cells-{i:03d}.npy" for i in range(3)]
+
+
+def need_slurm() -> None:
+    if not slurm_up():
+        pytest.skip("no SLURM cluster answering sinfo (.ci/run starts one with ../shared/slurm/start-local-slurm.sh)")
+
+
+def sacct(job_ids, fields: str) -> list[list[str]]:
+    out = subprocess.run(["sacct", "-n", "-P", "-o", fields, "-j", ",".join(job_ids)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return [line.split("|") for line in out.splitlines() if line.strip()]
+
+
+def submitted(text: str) -> dict[str, str]:
+    """SLURM job id -> rule (and wildcards), from Snakemake's output."""
+    return dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\S+?)/\d+\.log", text))
+
+
+@pytest.fixture(scope="module")
+def slurm_data(tmp_path_factory) -> Path:
+    """The small demo's data stages (run here, not on SLURM: the crawl chain's SLURM run is tested above)."""
+    if not slurm_up():
+        pytest.skip("no SLURM cluster answering sinfo (.ci/run starts one with ../shared/slurm/start-local-slurm.sh)")
+    wd = tmp_path_factory.mktemp("slurm-data")
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, wd / name)
+    write_config(wd, "slurm.yaml", deep_merge(small_config(), SLURM_CONFIG))
+    run_snakemake(wd, *DATA_TARGETS, "--configfile", "slurm.yaml")
+    return wd
+
+
+def copy_of(data: Path, dest: Path) -> Path:
+    shutil.copytree(data, dest, symlinks=True, ignore=shutil.ignore_patterns(".snakemake"))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm_data, tmp_path_factory) -> tuple[Path, str]:
+    """Train (2 processes), 3 embed shards and the index as SLURM jobs, uninterrupted."""
+    wd = copy_of(slurm_data, tmp_path_factory.mktemp("slurm-run") / "wd")
+    run = run_snakemake(wd, *TARGETS, "--configfile", "slurm.yaml", profile="profiles/slurm")
+    return wd, run.stdout + run.stderr
+
+
+@pytest.mark.slurm
+@pytest.mark.workflow
+def test_train_embed_and_index_run_as_slurm_jobs_with_their_resources(slurm_run):
+    wd, out = slurm_run
+    jobs = submitted(out)
+    rules = sorted(r.split("/")[0] for r in jobs.values())
+    assert rules == ["embed_cells"] * 3 + ["index", "train"], jobs
+    rows = sacct(jobs, "JobID,State,AllocCPUS,ReqMem,Timelimit,NTasks")
+    by_id = {r[0]: r for r in rows}
+    for job, rule in jobs.items():
+        assert by_id[job][1] == "COMPLETED", rows
+        cpus, mem, limit = by_id[job][2:5]
+        want = {"train": ("2", "3000M", "00:20:00"), "embed_cells": ("1", "2500M", "00:15:00"),
+                "index": ("1", "2000M", "00:10:00")}[rule.split("/")[0]]
+        assert (cpus, mem, limit) == want, (rule, by_id[job])
+    train = next(j for j, r in jobs.items() if r.startswith("train"))
+    step = by_id[f"{train}.0"]  # the training processes: one job step of 2 tasks started by srun
+    assert step[1] == "COMPLETED" and step[5] == "2" and step[2] == "2", rows
+    summary = yaml.safe_load((wd / "results/models/demo/summary.json").read_text())
+    assert summary["world"] == 2 and summary["steps"] == 64
+    assert (wd / "results/index/demo/demo-test/hnsw").is_dir()
+
+
+def wait_for(predicate, what: str, timeout: float = 300.0, proc: subprocess.Popen | None = None):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"snakemake ended ({proc.returncode}) before {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_snakemake(wd: Path, log: Path) -> subprocess.Popen:
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--profile", "profiles/slurm", *TARGETS,
+           "--configfile", "slurm.yaml"]
+    return subprocess.Popen(cmd, cwd=wd, env=tool_env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def running(job: str) -> bool:
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip() == "RUNNING"
+
+
+def cancel(job: str, proc: subprocess.Popen) -> None:
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    assert proc.wait(timeout=300) != 0  # Snakemake reports the cancelled job as failed
+    states = {r[0]: r[1] for r in sacct([job], "JobID,State")}
+    assert states[job].startswith("CANCELLED"), states
+
+
+@pytest.mark.slurm
+@pytest.mark.workflow
+def test_scancel_of_training_and_of_an_embed_shard_then_rerun_redoes_only_unfinished_work(slurm_run, slurm_data,
+                                                                                            tmp_path):
+    ref, _ = slurm_run
+    wd = copy_of(slurm_data, tmp_path / "wd")
+    log = tmp_path / "snakemake.log"
+
+    # 1. cancel training after its first checkpoint
+    proc = start_snakemake(wd, log)
+    ckpt = wd / "results/models/demo/checkpoint/state.json"
+    wait_for(ckpt.exists, "the first training checkpoint", proc=proc)
+    train = next(j for j, r in submitted(log.read_text()).items() if r.startswith("train"))
+    cancel(train, proc)
+    assert not (wd / "results/models/demo/model.safetensors").exists()
+    step = yaml.safe_load(ckpt.read_text())["loop"]["step"]
+    assert 0 < step < 64
+    assert "SIGTERM: finishing this step, writing a checkpoint" in (wd / "logs/train/demo.log").read_text()
+
+    # 2. rerun: training continues; cancel one embed shard while another is finished
+    proc = start_snakemake(wd, log)
+
+    def finished_and_running():
+        done = [f for f in SHARD_FILES if (wd / f).exists()]
+        shards = {j: r for j, r in submitted(log.read_text()).items() if r.startswith("embed_cells")}
+        live = [j for j, r in shards.items() if not (wd / SHARD_FILES[int(r[-3:])]).exists() and running(j)]
+        return (done, live[0]) if done and live else None
+
+    done, shard_job = wait_for(finished_and_running, "a finished shard beside a running one", proc=proc)
+    cancel(shard_job, proc)
+    train_log = (wd / "logs/train/demo.log").read_text()
+    assert f"resuming at step {step} of 64" in train_log
+    kept = {f: (wd / f).stat().st_mtime_ns for f in SHARD_FILES if (wd / f).exists()}
+    assert set(done) <= set(kept) and len(kept) < 3
+
+    # 3. the same command again finishes the rest only
+    run = run_snakemake(wd, *TARGETS, "--configfile", "slurm.yaml", profile="profiles/slurm")
+    rerun = sorted(r.split("/")[0] for r in submitted(run.stdout + run.stderr).values())
+    assert rerun == ["embed_cells"] * (3 - len(kept)) + ["index"], rerun
+    assert {f: (wd / f).stat().st_mtime_ns for f in kept} == kept  # finished shards were kept
+
+    # the outputs equal the uninterrupted run's
+    a, b = load_file(str(ref / "results/models/demo/model.safetensors")), \
+        load_file(str(wd / "results/models/demo/model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    for f in SHARD_FILES:
+        assert np.array_equal(np.load(ref / f), np.load(wd / f)), f

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -84,32 +83,40 @@ def test_resume_with_changed_settings_is_refused(train_region, tmp_path):
     Trainer(tiny_settings(steps=4, log_every=1).experiment("tiny"), [train_region], tmp_path, progress=False).run()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_equal_one_process(train_region, tmp_path):
-    """DDP on CPU: the global batch split over 2 ranks, embeddings gathered for the loss (and for
-    mining), gives the weights of 1 process with the same global batch."""
+    """DDP on CPU: ``--processes 2`` (started with torchrun, as on a workstation) splits the global
+    batch over 2 ranks and gathers embeddings for the loss (and for mining): the weights of 1
+    process with the same global batch."""
     settings = tiny_settings(steps=6, checkpoint_every=100)
     run(train_cmd(train_region, tmp_path / "one", settings))
-    port = str(free_port())
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=port, OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen(train_cmd(train_region, tmp_path / "two", settings), cwd=REPO, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = run(train_cmd(train_region, tmp_path / "two", settings, "--processes", "2"),
+               env=dict(env, OMP_NUM_THREADS="1"))
+    assert "starting 2 training processes with" in proc.stderr
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world"] == 2
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-4, f"largest weight difference {worst}"
     init = build_model(settings.experiment("tiny")).state_dict()
     assert max(float((a[k] - init[k]).abs().max()) for k in a) > 1e-3  # and training did change them
+
+
+def test_the_launcher_uses_srun_in_a_slurm_batch_script_and_torchrun_elsewhere():
+    from vglpipe.errors import InputError
+    from vglpipe.train.distributed import launcher
+
+    batch = {"SLURM_JOB_ID": "7"}  # a job's batch script, as Snakemake's SLURM job step leaves it
+    cmd = launcher(8, nodes=2, cpus_per_process=6, env=batch)
+    assert cmd[:5] == ["srun", "--kill-on-bad-exit=1", "--export=ALL", "--ntasks=8", "--nodes=2"]
+    assert "--cpus-per-task=6" in cmd and cmd[-2:] == ["-m", "vglpipe.train"]
+    assert launcher(1, env=batch)[3] == "--ntasks=1"  # one process runs as a step too (SLURM's --signal)
+    step = {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "8", "SLURM_PROCID": "3"}
+    assert launcher(8, nodes=2, env=step) is None  # one of the copies srun started
+    assert launcher(2, env={"WORLD_SIZE": "2", "RANK": "1"}) is None  # one of torchrun's
+    assert launcher(1, env={}) is None
+    assert launcher(4, env={})[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    with pytest.raises(InputError, match="several nodes need a SLURM job"):
+        launcher(8, nodes=2, env={})
 
 
 def test_untrained_baseline_and_model_round_trip(train_region, tmp_path):

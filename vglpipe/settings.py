@@ -416,6 +416,56 @@ class ReportSettings(Section):
 
 
 @dataclass(frozen=True)
+class TrainJobSettings(Section):
+    SCHEMA: ClassVar[str] = "cluster.train"
+    nodes: int
+    gpus_per_node: int
+    cpu_processes_per_node: int
+    gpu_model: str
+    cpus_per_process: int
+    mem_mb_per_node: int
+    runtime_min: int
+    signal_before_end_s: int
+    retries: int
+
+    @property
+    def processes_per_node(self) -> int:
+        """One process per GPU; on CPUs, cpu_processes_per_node."""
+        return self.gpus_per_node or self.cpu_processes_per_node
+
+    @property
+    def processes(self) -> int:
+        return self.nodes * self.processes_per_node
+
+
+@dataclass(frozen=True)
+class EmbedJobSettings(Section):
+    SCHEMA: ClassVar[str] = "cluster.embed"
+    gpus: int
+    gpu_model: str
+    cpus: int
+    mem_mb: int
+    runtime_min: int
+    retries: int
+
+
+@dataclass(frozen=True)
+class IndexJobSettings(Section):
+    SCHEMA: ClassVar[str] = "cluster.index"
+    cpus: int
+    mem_mb: int
+    runtime_min: int
+
+
+@dataclass(frozen=True)
+class ClusterSettings(Section):
+    SCHEMA: ClassVar[str] = "cluster"
+    train: TrainJobSettings
+    embed: EmbedJobSettings
+    index: IndexJobSettings
+
+
+@dataclass(frozen=True)
 class Experiment:
     """One experiment's effective settings: the global sections with its overrides merged in."""
 
@@ -598,6 +648,48 @@ class Settings:
     @cached_property
     def report(self) -> ReportSettings:
         return ReportSettings.from_dict(self.config["report"])
+
+    @cached_property
+    def cluster(self) -> ClusterSettings:
+        return ClusterSettings.from_dict(self.config["cluster"])
+
+    # ---- what the heavy jobs ask the scheduler for (rules' threads/resources; derived here only)
+    def train_processes(self, experiment: str) -> int:
+        """Training processes of an experiment (1 for the untrained baseline: nothing to train)."""
+        return self.cluster.train.processes if self.experiment(experiment).train.steps else 1
+
+    def train_threads(self, experiment: str) -> int:
+        """CPUs per training process."""
+        return self.cluster.train.cpus_per_process or self.experiment(experiment).train.workers + 1
+
+    #: the train rule's resources (the same keys for every experiment; values per experiment)
+    TRAIN_RESOURCES = ("mem_mb", "runtime", "nodes", "tasks", "mpi", "gpu", "tasks_per_gpu", "gpu_model",
+                       "slurm_extra")
+
+    def train_resources(self, experiment: str) -> dict:
+        """The train rule's resources (snakemake-executor-plugin-slurm's names). With several
+        processes the job has one task per process and ``mpi`` set: the rule's command then runs
+        in the job's batch script and starts them with srun."""
+        job = self.cluster.train
+        if self.train_processes(experiment) == 1 and job.processes > 1:  # the untrained baseline
+            return {"mem_mb": job.mem_mb_per_node, "runtime": 60, "nodes": 1, "tasks": 1, "mpi": "", "gpu": 0,
+                    "tasks_per_gpu": 0, "gpu_model": "", "slurm_extra": ""}
+        gpus = job.nodes * job.gpus_per_node
+        return {"mem_mb": job.mem_mb_per_node, "runtime": job.runtime_min, "nodes": job.nodes,
+                "tasks": job.processes, "mpi": "srun" if job.processes > 1 else "", "gpu": gpus,
+                "tasks_per_gpu": 1 if gpus else 0, "gpu_model": job.gpu_model if gpus else "",
+                "slurm_extra": f"--signal=TERM@{job.signal_before_end_s}" if job.signal_before_end_s else ""}
+
+    def embed_threads(self) -> int:
+        return self.cluster.embed.cpus or self.embed.workers + 1
+
+    def embed_resources(self) -> dict:
+        job = self.cluster.embed
+        return {"mem_mb": job.mem_mb, "runtime": job.runtime_min, "gpu": job.gpus,
+                "gpu_model": job.gpu_model if job.gpus else ""}
+
+    def index_resources(self) -> dict:
+        return {"mem_mb": self.cluster.index.mem_mb, "runtime": self.cluster.index.runtime_min}
 
     def timezone(self, region: str) -> str:
         return self._region(region)["timezone"]

@@ -7,8 +7,10 @@
 ``--region NAME:PHOTOS_DIR:PHOTO_CELLS:AERIAL_INDEX`` once per training region. Writes
 ``OUT/model.safetensors`` + ``OUT/model.json`` (last), ``OUT/metrics.csv``, TensorBoard events
 under ``OUT/tensorboard`` and ``OUT/summary.json``; ``OUT/checkpoint/`` is kept between runs:
-a killed or preempted (SIGTERM) training continues from it. Several processes (``torchrun``,
-or ``srun`` in a SLURM job) train one model with the batch split between them.
+a killed or preempted (SIGTERM) training continues from it. ``--processes N`` trains one model
+with N processes and the batch split between them: in a SLURM job's batch script this command
+starts them with ``srun`` (one per task), elsewhere with ``torchrun``; a command started by
+either launcher is one of the copies.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -43,6 +46,14 @@ def parse_region(text: str):
 
 def main(args: argparse.Namespace) -> int:
     from vglpipe.train import distributed as dd
+
+    launch = dd.launcher(args.processes, args.nodes, args.cpus_per_process)
+    if launch is not None:  # become the launcher of the copies (srun or torchrun), which train
+        log.info("starting %d training processes with %s", args.processes, " ".join(launch[:3]))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execvp(launch[0], launch + sys.argv[1:])
+
     from vglpipe.train.loop import Trainer
 
     st = cli.stage_settings(args, TrainStage, Settings.train_stage, "experiment")
@@ -69,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model directory")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--workers", type=int, help="DataLoader workers instead of train.workers")
+    p.add_argument("--processes", type=int, default=1,
+                   help="training processes (one per GPU, or CPU processes with gloo): started with srun in "
+                        "a SLURM job's batch script (which must have as many tasks), else with torchrun")
+    p.add_argument("--nodes", type=int, default=1, help="nodes the processes are spread over (SLURM only)")
+    p.add_argument("--cpus-per-process", type=int, default=0, help="CPUs of each process's SLURM task")
     p.add_argument("--no-progress", action="store_true")
     return p
 

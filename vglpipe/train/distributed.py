@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +39,50 @@ def _first_host(nodelist: str) -> str:
         pass
     m = re.match(r"([^\[,]+)(?:\[(\d+))?", nodelist)
     return m.group(1) + (m.group(2) or "") if m else "127.0.0.1"
+
+
+def _is_rank(env) -> bool:
+    """Whether this process is already one of several started by a launcher."""
+    if int(env.get("WORLD_SIZE", "1")) > 1:
+        return True
+    return "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1
+
+
+def launcher(processes: int, nodes: int = 1, cpus_per_process: int = 0, env=None) -> list[str] | None:
+    """The command prefix that starts ``processes`` copies of ``python -m vglpipe.train``, or None
+    where this process trains alone or already is one of the copies.
+
+    In the batch script of a SLURM job (SLURM_JOB_ID without SLURM_STEP_ID) the copies are a job
+    step of ``processes`` tasks on ``nodes`` nodes started by ``srun`` (one process, too, runs as
+    a step); elsewhere, on one machine, ``torchrun --standalone``. The step's geometry is passed
+    explicitly: Snakemake's SLURM job step drops the job's SLURM_NTASKS etc. from the environment.
+    """
+    from vglpipe.errors import InputError
+
+    env = os.environ if env is None else env
+    if _is_rank(env):
+        return None
+    if "SLURM_JOB_ID" in env and "SLURM_STEP_ID" not in env:
+        # even one process runs as a step: SLURM's --signal (SIGTERM before the time limit)
+        # reaches steps, not the batch script's children
+        cmd = ["srun", "--kill-on-bad-exit=1", "--export=ALL", f"--ntasks={processes}", f"--nodes={nodes}"]
+        if cpus_per_process:
+            cmd.append(f"--cpus-per-task={cpus_per_process}")
+        return cmd + [sys.executable, "-m", "vglpipe.train"]
+    if processes == 1:
+        return None
+    if nodes > 1:
+        raise InputError(f"--nodes {nodes}: several nodes need a SLURM job (snakemake --profile profiles/slurm)")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+            "-m", "vglpipe.train"]
+
+
+def cores_per_process(env=None) -> int:
+    """The CPUs this process may use: its affinity, shared with the other copies on the node
+    when a launcher (torchrun) did not pin them."""
+    env = os.environ if env is None else env
+    cores = len(os.sched_getaffinity(0))
+    return max(1, cores // int(env.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def init(device: torch.device) -> Rank:
@@ -67,7 +113,9 @@ def gather(x: torch.Tensor, rank: Rank) -> torch.Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), dim=0)
+    with warnings.catch_warnings():  # deprecated for a private API (_functional_collectives) only
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(x), dim=0)
 
 
 def gather_nograd(x: torch.Tensor, rank: Rank) -> torch.Tensor:

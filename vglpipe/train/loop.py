@@ -175,7 +175,8 @@ class Trainer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.rank = dd.init(self.device)
         if self.device.type == "cuda":
-            self.device = torch.device("cuda", self.rank.local)
+            # one GPU per process: SLURM may show each task only its own GPU
+            self.device = torch.device("cuda", self.rank.local % torch.cuda.device_count())
             torch.cuda.set_device(self.device)
         if self.t.batch_size % self.rank.world:
             raise InputError(f"train.batch_size {self.t.batch_size} is not divisible by the {self.rank.world} processes")
@@ -183,7 +184,7 @@ class Trainer:
         if self.device.type == "cpu":
             # the loader's workers take cores too: torch threads that wait for a busy core slow
             # every step down many times over
-            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - self.workers))
+            torch.set_num_threads(max(1, dd.cores_per_process() - self.workers))
         self.amp = self.device.type == "cuda" and self.t.precision == "auto"
         self.model = build_model(exp).to(self.device)
         if self.amp:
