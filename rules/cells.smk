@@ -16,8 +16,8 @@ rule cells:
     conda:
         "../envs/geo.yaml"
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=cells_mem_mb,
+        runtime=60,
     shell:
         "python -m vglpipe.cells --settings {params.settings} --photos {input.photos:q} "
         "--boundary {input.boundary:q} --out-photo-cells {output.photo_cells:q} --out-cells {output.cells:q} "

@@ -56,6 +56,13 @@ def train_resource(key):
     return lambda wc: SETTINGS.train_resources(wc.experiment)[key]
 
 
+def cells_mem_mb(wc, input):
+    """resources function: the cells job's memory from its region's area (vglpipe.plan)."""
+    from vglpipe.plan import cells_mem_mb
+
+    return cells_mem_mb(SETTINGS, input.boundary)
+
+
 def train_inputs(wc):
     """Every training region's photos, photo cells and orthophoto index."""
     inputs = {}

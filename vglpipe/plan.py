@@ -161,18 +161,16 @@ def _geodesic_km2(geom) -> float:
     return abs(GEOD.geometry_area_perimeter(geom)[0]) / 1e6
 
 
-def region_geometry(settings: Settings, region: str, root: Path) -> RegionGeometry:
+def region_geometry(settings: Settings, region: str, root: Path) -> RegionGeometry | None:
+    """The region's boundary and download area; None while its boundary file does not exist (e.g. a
+    demo region's, which the demo draws)."""
+    from vglpipe.geo.region import load_boundary
     from vglpipe.sources.orthophoto import area_polygon
 
-    if region in settings.demo.regions:
-        from vglpipe.demo.regions import DemoRegion
-
-        r = settings.demo_region(region)
-        boundary = DemoRegion(r.center_lat, r.center_lon, r.size_m).boundary()
-    else:
-        from vglpipe.geo.region import load_boundary
-
-        boundary = load_boundary(root / settings.boundary(region))
+    path = root / settings.boundary(region)
+    if not path.exists():
+        return None
+    boundary = load_boundary(path)
     download = area_polygon(boundary, settings.download_margin_m)
     return RegionGeometry(boundary, _geodesic_km2(boundary), download, _geodesic_km2(download))
 
@@ -243,14 +241,18 @@ def make_plan(config_path: str | Path, root: str | Path = ".", figures: Figures 
     if shown.resolve().is_relative_to(root.resolve()):
         shown = shown.resolve().relative_to(root.resolve())  # as the workflow's --configfile names it
     plan = Plan(config=shown.as_posix(), jobs=job_counts(settings), per_job=_per_job(settings))
-    regions = settings.regions
+    geoms = {r: g for r in settings.regions if (g := region_geometry(settings, r, root)) is not None}
+    if len(geoms) < len(settings.regions):
+        plan.notes.append(f"boundary file not found for {', '.join(sorted(set(settings.regions) - set(geoms)))}: "
+                          "not costed")
+    regions = sorted(geoms)
     tests = [r for r in regions if settings.role(r) == "test"]
-    geoms = {r: region_geometry(settings, r, root) for r in regions}
     photos = {group: f for group, f in fig.photo_groups(regions)}
     _crawl_rows(plan, settings, fig, geoms, photos)
     _aerial_rows(plan, settings, fig, geoms)
     test_cells = {r: geoms[r].area_km2 * 1e6 / settings.layout.test_cell_m**2 for r in regions}
-    _cells_rows(plan, settings, fig, test_cells, tests)
+    if test_cells:
+        _cells_rows(plan, settings, fig, test_cells, tests, root)
     for exp in settings.experiments if tests else []:
         _train_rows(plan, settings, fig, exp, photos)
         test_photos = sum(f.value for g, f in photos.items() if set(g) <= set(tests))
@@ -288,7 +290,7 @@ def _crawl_rows(plan: Plan, settings: Settings, fig: Figures, geoms: dict, photo
     plan.add("crawl", "photo store (640x480 JPEG, ~1 GiB tar shards)", "not measured here",
              f"bytes of a stored real photo at crawl.jpeg_quality {crawl.jpeg_quality}: no benchmark crawls real "
              "photos; measure it on a crawl of a small real area (e.g. the paper's 100 km2 Boston split)")
-    missing = [r for r in settings.regions if not any(r in g for g in photos)]
+    missing = [r for r in geoms if not any(r in g for g in photos)]
     if missing:
         plan.notes.append(f"no photo count for {', '.join(missing)}: their crawl is not costed "
                           f"(add one under 'photos' in {FIGURES.name})")
@@ -296,7 +298,7 @@ def _crawl_rows(plan: Plan, settings: Settings, fig: Figures, geoms: dict, photo
 
 def _aerial_rows(plan: Plan, settings: Settings, fig: Figures, geoms: dict) -> None:
     total_px = 0.0
-    aerial = [r for r in settings.regions if r in settings.config["aerial"]["sources"]]
+    aerial = [r for r in geoms if r in settings.config["aerial"]["sources"]]
     for r in aerial:
         n, px, how = download_requests(settings, r, geoms[r])
         if not math.isnan(px):
@@ -313,7 +315,21 @@ def _aerial_rows(plan: Plan, settings: Settings, fig: Figures, geoms: dict) -> N
                  "overviews: no benchmark tiles real orthophotos; measure on one provider tile")
 
 
-def _cells_rows(plan: Plan, settings: Settings, fig: Figures, test_cells: dict, tests: list[str]) -> None:
+def cells_mem_mb(settings: Settings, boundary: str | Path, figures: Figures | None = None) -> int:
+    """Memory of a region's cells job: the cells benchmark's peak RSS scaled to the region's test
+    cells (boundary area / cell side²), 1.5x headroom, at least 4,000 MB (rules/cells.smk)."""
+    from vglpipe.geo.region import load_boundary
+
+    if not Path(boundary).exists():
+        return 4000
+    fig = figures or Figures.load()
+    rss, ma_cells = fig.bench("cells", "peak_rss_mb").value, fig.bench("cells", "ma_cells").value
+    cells = _geodesic_km2(load_boundary(boundary)) * 1e6 / settings.layout.test_cell_m ** 2
+    return max(4000, math.ceil(1.5 * rss * cells / ma_cells))
+
+
+def _cells_rows(plan: Plan, settings: Settings, fig: Figures, test_cells: dict, tests: list[str],
+                root: Path) -> None:
     enum_s, ma_cells = fig.bench("cells", "ma_enumerate_s"), fig.bench("cells", "ma_cells")
     rss = fig.bench("cells", "peak_rss_mb")
     side = settings.layout.test_cell_m
@@ -322,10 +338,11 @@ def _cells_rows(plan: Plan, settings: Settings, fig: Figures, test_cells: dict, 
                  f"boundary area / {side:g} m x {side:g} m; enumerated in ~{enum_s.value * test_cells[r] / ma_cells.value:.0f} s "
                  f"({enum_s.source} {enum_s.value} s per {_m(ma_cells.value)})")
     largest = max(test_cells, key=test_cells.get)
+    asked = cells_mem_mb(settings, root / settings.boundary(largest), fig)
     plan.add("cells", f"largest cells job: {largest}", f"~{_m(test_cells[largest])} cells, "
-             f"~{rss.value * test_cells[largest] / ma_cells.value / 1000:,.1f} GB",
+             f"~{rss.value * test_cells[largest] / ma_cells.value / 1000:,.1f} GB; the job asks for {asked:,} MB",
              f"every region's {side:g} m cells are enumerated; RAM scaled from {rss.source} {_num(rss.value)} MB "
-             f"per {_m(ma_cells.value)} (extrapolated)")
+             f"per {_m(ma_cells.value)} (extrapolated), 1.5x headroom (rules/cells.smk)")
 
 
 def _train_rows(plan: Plan, settings: Settings, fig: Figures, exp_name: str, photos: dict) -> None:
