@@ -26,11 +26,15 @@ def slurm_up() -> bool:
     return proc.returncode == 0 and any(s in proc.stdout for s in ("idle", "mixed"))
 
 
+def need_slurm() -> None:
+    if not slurm_up():
+        pytest.skip("no SLURM cluster answering sinfo (.ci/run starts one with ../shared/slurm/start-local-slurm.sh)")
+
+
 @pytest.mark.slurm
 @pytest.mark.workflow
 def test_cells_stage_on_slurm(workflow_dir):
-    if not slurm_up():
-        pytest.skip("no SLURM cluster answering sinfo (.ci/run starts one with ../shared/slurm/start-local-slurm.sh)")
+    need_slurm()
     write_inputs(workflow_dir)
     (workflow_dir / "town.yaml").write_text(yaml.safe_dump({"regions": {"town": {"boundary": "town.geojson"}}}))
     run = run_snakemake(workflow_dir, *TOWN_TARGETS, "--configfile", "town.yaml", profile="profiles/slurm")
@@ -52,8 +56,7 @@ def test_cells_stage_on_slurm(workflow_dir):
 def test_demo_crawl_on_slurm_gets_its_threads_as_cpus(workflow_dir):
     """A multi-threaded rule asks SLURM for its threads (and fits the node): the demo crawl
     chain (world, boundary, rendered photos, crawl) runs as SLURM jobs."""
-    if not slurm_up():
-        pytest.skip("no SLURM cluster answering sinfo (.ci/run starts one with ../shared/slurm/start-local-slurm.sh)")
+    need_slurm()
     write_config(workflow_dir, "small.yaml", demo_config({"demo": {"regions": {"demo-test": {"photos": 40}}}},
                                                          regions=["demo-test"]))
     target = "results/photos/demo-test/metadata.parquet"
@@ -80,7 +83,7 @@ SLURM_CONFIG = {
     "cluster": {"train": {"cpu_processes_per_node": 2, "cpus_per_process": 1, "mem_mb_per_node": 3000,
                           "runtime_min": 20},
                 "embed": {"mem_mb": 2500, "runtime_min": 15}, "index": {"cpus": 1, "mem_mb": 2000, "runtime_min": 10}},
-    "train": {"steps": 64},  # long enough (~20 s) to be cancelled mid-way
+    "train": {"steps": 96},  # long enough (~15 s of steps) to be requeued and cancelled mid-way
     "embed": {"shards": 3},
 }
 DATA_TARGETS = ["results/cells/demo-train/photo_cells.parquet", "results/aerial/demo-train/index.parquet",
@@ -88,11 +91,6 @@ DATA_TARGETS = ["results/cells/demo-train/photo_cells.parquet", "results/aerial/
                 "results/aerial/demo-test/index.parquet"]
 TARGETS = ["results/index/demo/demo-test/hnsw"]
 SHARD_FILES = [f"results/embeddings/demo/demo-test/cells-{i:03d}.npy" for i in range(3)]
-
-
-def need_slurm() -> None:
-    if not slurm_up():
-        pytest.skip("no SLURM cluster answering sinfo (.ci/run starts one with ../shared/slurm/start-local-slurm.sh)")
 
 
 def sacct(job_ids, fields: str) -> list[list[str]]:
@@ -109,8 +107,7 @@ def submitted(text: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def slurm_data(tmp_path_factory) -> Path:
     """The small demo's data stages (run here, not on SLURM: the crawl chain's SLURM run is tested above)."""
-    if not slurm_up():
-        pytest.skip("no SLURM cluster answering sinfo (.ci/run starts one with ../shared/slurm/start-local-slurm.sh)")
+    need_slurm()
     wd = tmp_path_factory.mktemp("slurm-data")
     for name in WORKFLOW_FILES:
         src = REPO / name
@@ -152,7 +149,7 @@ def test_train_embed_and_index_run_as_slurm_jobs_with_their_resources(slurm_run)
     step = by_id[f"{train}.0"]  # the training processes: one job step of 2 tasks started by srun
     assert step[1] == "COMPLETED" and step[5] == "2" and step[2] == "2", rows
     summary = yaml.safe_load((wd / "results/models/demo/summary.json").read_text())
-    assert summary["world"] == 2 and summary["steps"] == 64
+    assert summary["world"] == 2 and summary["steps"] == 96
     assert (wd / "results/index/demo/demo-test/hnsw").is_dir()
 
 
@@ -188,22 +185,44 @@ def cancel(job: str, proc: subprocess.Popen) -> None:
 
 @pytest.mark.slurm
 @pytest.mark.workflow
-def test_scancel_of_training_and_of_an_embed_shard_then_rerun_redoes_only_unfinished_work(slurm_run, slurm_data,
-                                                                                            tmp_path):
+def test_training_requeued_then_cancelled_and_a_cancelled_embed_shard_rerun_redo_only_unfinished_work(
+        slurm_run, slurm_data, tmp_path):
     ref, _ = slurm_run
     wd = copy_of(slurm_data, tmp_path / "wd")
     log = tmp_path / "snakemake.log"
 
-    # 1. cancel training after its first checkpoint
+    def checkpoint_step() -> int:
+        try:
+            return yaml.safe_load(ckpt.read_text())["loop"]["step"]
+        except (OSError, TypeError, KeyError, yaml.YAMLError):
+            return -1
+
+    def state(job: str) -> str:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30)
+        return out.stdout.strip()
+
+    # 0. requeue the training job (as SLURM does after a preemption): SIGTERM, checkpoint, back to
+    # the queue (released at once here), and it continues from the checkpoint
     proc = start_snakemake(wd, log)
     ckpt = wd / "results/models/demo/checkpoint/state.json"
+    train_log = wd / "logs/train/demo.log"
     wait_for(ckpt.exists, "the first training checkpoint", proc=proc)
     train = next(j for j, r in submitted(log.read_text()).items() if r.startswith("train"))
+    subprocess.run(["scontrol", "requeue", train], check=True, timeout=30)
+    wait_for(lambda: state(train) == "PENDING", "the requeued job pending", proc=proc)
+    subprocess.run(["scontrol", "update", f"JobId={train}", "StartTime=now"], check=True, timeout=30)
+    found = wait_for(lambda: re.search(r"resuming at step (\d+) of 96", train_log.read_text()),
+                     "the requeued job resuming", proc=proc)
+    resumed = int(found.group(1))
+    assert resumed > 0
+
+    # 1. cancel training after a checkpoint of the requeued job
+    wait_for(lambda: checkpoint_step() > resumed, "a checkpoint after the requeue", proc=proc)
     cancel(train, proc)
     assert not (wd / "results/models/demo/model.safetensors").exists()
-    step = yaml.safe_load(ckpt.read_text())["loop"]["step"]
-    assert 0 < step < 64
-    assert "SIGTERM: finishing this step, writing a checkpoint" in (wd / "logs/train/demo.log").read_text()
+    step = checkpoint_step()
+    assert resumed < step < 96
+    assert "SIGTERM: finishing this step, writing a checkpoint" in train_log.read_text()
 
     # 2. rerun: training continues; cancel one embed shard while another is finished
     proc = start_snakemake(wd, log)
@@ -216,8 +235,7 @@ def test_scancel_of_training_and_of_an_embed_shard_then_rerun_redoes_only_unfini
 
     done, shard_job = wait_for(finished_and_running, "a finished shard beside a running one", proc=proc)
     cancel(shard_job, proc)
-    train_log = (wd / "logs/train/demo.log").read_text()
-    assert f"resuming at step {step} of 64" in train_log
+    assert f"resuming at step {step} of 96" in train_log.read_text()
     kept = {f: (wd / f).stat().st_mtime_ns for f in SHARD_FILES if (wd / f).exists()}
     assert set(done) <= set(kept) and len(kept) < 3
 
