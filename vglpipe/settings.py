@@ -654,10 +654,6 @@ class Settings:
         return ClusterSettings.from_dict(self.config["cluster"])
 
     # ---- what the heavy jobs ask the scheduler for (rules' threads/resources; derived here only)
-    def train_processes(self, experiment: str) -> int:
-        """Training processes of an experiment (1 for the untrained baseline: nothing to train)."""
-        return self.cluster.train.processes if self.experiment(experiment).train.steps else 1
-
     def train_threads(self, experiment: str) -> int:
         """CPUs per training process."""
         return self.cluster.train.cpus_per_process or self.experiment(experiment).train.workers + 1
@@ -671,7 +667,7 @@ class Settings:
         processes the job has one task per process and ``mpi`` set: the rule's command then runs
         in the job's batch script and starts them with srun."""
         job = self.cluster.train
-        if self.train_processes(experiment) == 1 and job.processes > 1:  # the untrained baseline
+        if not self.experiment(experiment).train.steps:  # the untrained baseline: one process saves the weights
             return {"mem_mb": job.mem_mb_per_node, "runtime": 60, "nodes": 1, "tasks": 1, "mpi": "", "gpu": 0,
                     "tasks_per_gpu": 0, "gpu_model": "", "slurm_extra": ""}
         gpus = job.nodes * job.gpus_per_node

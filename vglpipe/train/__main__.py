@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--workers", type=int, help="DataLoader workers instead of train.workers")
     p.add_argument("--processes", type=int, default=1,
-                   help="training processes (one per GPU, or CPU processes with gloo): started with srun in "
-                        "a SLURM job's batch script (which must have as many tasks), else with torchrun")
+                   help="training processes (one per GPU, or CPU processes with gloo): started as one srun "
+                        "step in a SLURM job's batch script, else with torchrun")
     p.add_argument("--nodes", type=int, default=1, help="nodes the processes are spread over (SLURM only)")
     p.add_argument("--cpus-per-process", type=int, default=0, help="CPUs of each process's SLURM task")
     p.add_argument("--no-progress", action="store_true")
