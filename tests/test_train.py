@@ -83,6 +83,23 @@ def test_resume_with_changed_settings_is_refused(train_region, tmp_path):
     Trainer(tiny_settings(steps=4, log_every=1).experiment("tiny"), [train_region], tmp_path, progress=False).run()
 
 
+def test_loader_workers_serve_every_round_and_scan_with_the_same_samples(train_region, tmp_path):
+    """The DataLoader's workers live for the whole run (rounds and mining scans of several sizes
+    share them): 2 workers train the weights that the main process alone trains, and they start
+    although this process used OpenCV's threads before (a forked worker used to deadlock)."""
+    settings = tiny_settings(steps=12, checkpoint_every=100)
+    assert settings.experiment("tiny").train.mining.enabled
+    out = {}
+    for workers in (0, 2):  # 0 first: this process runs OpenCV's thread pool before the workers fork
+        trainer = Trainer(settings.experiment("tiny"), [train_region], tmp_path / f"w{workers}", progress=False,
+                          workers=workers)
+        trainer.run()
+        out[workers] = weights(tmp_path / f"w{workers}")
+    assert trainer.mining.scan_batches > 1  # scans of several batches were clustered
+    worst = max(float((out[0][k] - out[2][k]).abs().max()) for k in out[0])
+    assert worst < 1e-4, f"largest weight difference {worst}"
+
+
 def test_two_gloo_processes_equal_one_process(train_region, tmp_path):
     """DDP on CPU: ``--processes 2`` (started with torchrun, as on a workstation) splits the global
     batch over 2 ranks and gathers embeddings for the loss (and for mining): the weights of 1

@@ -357,33 +357,48 @@ def _train_rows(plan: Plan, settings: Settings, fig: Figures, exp_name: str, pho
     plan.add("train", f"{exp_name}: samples", _m(samples),
              f"train.steps {t.steps:,} x train.batch_size {t.batch_size}"
              + (f"; {_m(train_photos)} training photos, each seen at most once (§3.5)" if train_photos else ""))
+    step = fig.bench("train --config paper", "step_s")
+    step_hem = fig.bench("train --config paper --mining 8", "step_s")
+    gpu = fig.bench("train --config paper", "gpu").value
+    hem = t.mining.enabled
+    gpu_h = t.steps * (step_hem if hem else step).value / 3600
+    plan.add("train", f"{exp_name}: GPU-hours", f"~{gpu_h:,.0f} {gpu} GPU-h",
+             f"train.steps {t.steps:,} x {(step_hem if hem else step).source} {(step_hem if hem else step).value} s "
+             f"on one {gpu}" + (f" with mining scans of 8 batches, which wait for the loader (without mining: "
+                                f"{step.source} {step.value} s, ~{t.steps * step.value / 3600:,.0f} GPU-h)" if hem else ""))
     gpus, days = fig.ref("train_gpus"), fig.ref("train_days")
     ref_samples = fig.ref("train_steps").value * fig.ref("train_batch_size").value
-    gpu_h = gpus.value * days.value * 24 * samples / ref_samples
-    plan.add("train", f"{exp_name}: GPU-hours", f"~{gpu_h:,.0f} {fig.ref('train_gpu_model').value} GPU-h",
-             f"the reference code: {_num(gpus.value)} GPUs x {days.value} days per {_m(ref_samples)} samples "
-             "(the authors, statewide-visual-geolocalization issue #1); this code on a GPU: not measured here "
-             "(`python -m vglpipe.bench train --config paper` on a GPU node gives step_s)")
+    plan.add("train", f"{exp_name}: GPU-hours of the reference code",
+             f"~{gpus.value * days.value * 24 * samples / ref_samples:,.0f} {fig.ref('train_gpu_model').value} GPU-h",
+             f"{_num(gpus.value)} GPUs x {days.value} days per {_m(ref_samples)} samples (the authors, "
+             "statewide-visual-geolocalization issue #1), for comparison")
+    mem = fig.bench("train --config paper", "peak_gpu_mem_gb")
     job = settings.cluster.train
     job_gpus = job.nodes * job.gpus_per_node
+    plan.add("train", f"{exp_name}: GPU memory", f"{mem.value} GB for a batch of {fig.bench('train --config paper', 'batch_size').value} on one GPU",
+             f"{mem.source} (peak allocated); with {job_gpus or 1} GPU(s) each holds the weights and "
+             f"optimiser (~3 GB) and 1/{job_gpus or 1} of the activations")
     if job_gpus:
         wall_min = gpu_h / job_gpus * 60
         jobs = math.ceil(wall_min / job.runtime_min)
         plan.add("train", f"{exp_name}: wall time on cluster.train", f"~{wall_min / 60:,.0f} h = {jobs} job(s)",
-                 f"at the reference's speed on {job_gpus} GPUs; jobs of cluster.train.runtime_min "
-                 f"{job.runtime_min:,} continue from the checkpoint (cluster.train.retries {job.retries}: "
-                 f"up to {job.retries + 1} jobs)")
+                 f"the GPU-hours above over {job_gpus} GPUs, assuming DDP scales linearly (one GPU was measured); "
+                 f"jobs of cluster.train.runtime_min {job.runtime_min:,} continue from the checkpoint "
+                 f"(cluster.train.retries {job.retries}: up to {job.retries + 1} jobs)")
         if jobs > job.retries + 1:
             plan.notes.append(f"training needs ~{jobs} jobs of {job.runtime_min} min but cluster.train.retries "
                               f"allows {job.retries + 1}: raise it, or rerun the workflow")
-        step_s = days.value * 86400 / fig.ref("train_steps").value * (gpus.value / job_gpus)
-        need = 2 * t.batch_size / step_s  # hard example mining reads every sample twice (§3.5)
-        per_core = fig.bench("aerial", "train_samples_per_s_per_core")
-        have = job.processes * t.workers * per_core.value
-        plan.add("train", f"{exp_name}: data loading", f"{have:,.0f} samples/s for ~{need:,.0f} needed",
-                 f"{job.processes} processes x train.workers {t.workers} x {per_core.source} {per_core.value} "
-                 f"(aerial cells, cold reads); needed: 2 x batch per reference step of {step_s:.2f} s "
-                 "(mining reads each sample twice, §3.5)")
+        reads = 2 if hem else 1  # hard example mining reads every sample twice (§3.5)
+        need = reads * t.batch_size / job_gpus / step.value
+        per_worker = fig.bench("train --config paper", "loader_samples_per_s_per_worker")
+        have = t.workers * per_worker.value
+        plan.add("train", f"{exp_name}: data loading per GPU", f"{have:,.0f} samples/s for ~{need:,.0f} needed",
+                 f"train.workers {t.workers} x {per_worker.source} {per_worker.value} (photo + 4 LODs of 384 px, "
+                 f"one thread); needed: {reads} x the batch share of a GPU per {step.source} {step.value} s"
+                 + (" (mining reads each sample twice, §3.5)" if hem else ""))
+        if have < need:
+            plan.notes.append(f"data loading: train.workers {t.workers} give ~{have:,.0f} samples/s per GPU, the GPU "
+                              f"takes ~{need:,.0f}: raise train.workers (and the CPUs per process)")
 
 
 def _embed_index_rows(plan: Plan, settings: Settings, fig: Figures, exp_name: str, tests: list[str],
@@ -401,17 +416,24 @@ def _embed_index_rows(plan: Plan, settings: Settings, fig: Figures, exp_name: st
     plan.add("embed", f"{exp_name}: aerial patch cutting", f"~{cells / per_core.value / 3600:,.1f} core-h",
              f"{per_core.source} {_num(per_core.value)} cells/s per core (4 LODs of 384 px); one shard with "
              f"{workers} workers: ~{cells / shards / (workers * per_core.value) / 60:,.0f} min")
-    demo_rate = fig.bench("embed", "cells_per_s")
+    rate = fig.bench("embed --config paper", "cells_per_s")
+    gpu = fig.bench("embed --config paper", "gpu").value
     runtime_s = settings.cluster.embed.runtime_min * 60
-    plan.add("embed", f"{exp_name}: aerial tower, GPU-hours", "not measured here",
-             f"no GPU was lent to this project: `python -m vglpipe.bench embed --config paper` on a GPU node gives "
-             f"cells_per_s (on a CPU the demo model does {_num(demo_rate.value)}: {demo_rate.source}); a shard "
-             f"finishes within cluster.embed.runtime_min at >= {cells / shards / runtime_s:,.0f} cells/s")
+    gpu_h = cells / rate.value / 3600
+    plan.add("embed", f"{exp_name}: aerial tower, GPU-hours", f"~{gpu_h:,.0f} {gpu} GPU-h",
+             f"cells / {rate.source} {_num(rate.value)} cells/s end to end (the tower alone: "
+             f"{_num(fig.bench('embed --config paper', 'model_cells_per_s').value)}); one shard: "
+             f"~{_h(cells / shards / rate.value)} (cluster.embed.runtime_min {settings.cluster.embed.runtime_min:,})")
+    if cells / shards / rate.value > runtime_s:
+        plan.notes.append(f"an embed shard needs ~{_h(cells / shards / rate.value)}, more than "
+                          "cluster.embed.runtime_min: raise embed.shards")
     if test_photos:
-        plan.add("embed", f"{exp_name}: photos, street-view tower GPU-hours", "not measured here",
-                 f"{_m(test_photos)} photos of 480x640 in one embed_photos job per region, within "
-                 f"cluster.embed.runtime_min at >= {test_photos / len(tests) / runtime_s:,.0f} photos/s; "
-                 "needs the same GPU measurement")
+        prate = fig.bench("embed --config paper", "model_photos_per_s")
+        plan.add("embed", f"{exp_name}: photos, street-view tower GPU-hours",
+                 f"~{test_photos / prate.value / 3600:,.1f} {gpu} GPU-h",
+                 f"{_m(test_photos)} photos of 480x640 / {prate.source} {_num(prate.value)} photos/s (the tower alone; "
+                 f"JPEG decoding in embed.workers); one embed_photos job per region: "
+                 f"~{_h(test_photos / len(tests) / prate.value)}")
     plan.add("embed", f"{exp_name}: cell embeddings on disk", _gb(cells * dim * 2),
              f"cells x {dim}-d fp16 (the paper's fp32 database: {fig.ref('database_gb').value} GB, §4.5)")
     ram, ram_source = {}, {}

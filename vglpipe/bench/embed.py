@@ -4,7 +4,8 @@ cut from the COGs in DataLoader workers, then the aerial tower), as the embed st
 Setup (not timed): a synthetic region of ``--world-m`` metres with its COGs (as ``bench train``
 makes it) and the config's model with random weights. Figures: ``cells_per_s``,
 ``data_wait_fraction`` and, for comparison, ``sampler_cells_per_s`` (patches only, one process)
-and ``model_cells_per_s`` (the tower only, on random patches). ``--config demo`` runs the demo
+``model_cells_per_s`` (the aerial tower only, on random patches) and ``model_photos_per_s`` (the
+street-view tower only, on random photos: the photo half of the embed stage). ``--config demo`` runs the demo
 model on the CPU; ``--config paper`` the paper's model (ConvNeXt-B, 4 x 384²) on a GPU, with the
 GPU's name.
 """
@@ -28,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world-m", type=float, default=1200.0, help="side of the synthetic region, metres")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--chunk-cells", type=int, default=4096,
+                   help="cells per chunk; workers take whole chunks, so a small region needs small chunks to use them all")
     p.add_argument("--workdir", help="keep the synthetic region here (default: a temporary directory)")
 
 
@@ -54,16 +57,12 @@ def run(args: argparse.Namespace) -> dict:
     if amp:
         model = model.to(memory_format=torch.channels_last)
     P = model.config.aerial_size
-    # the tower alone
-    x = torch.randint(0, 255, (args.batch_size, exp.lods.n_lods, P, P, 3), dtype=torch.uint8)
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        model.embed_aerial(model.preprocess(x.to(device), layout="channels_last"))
-        t = time.perf_counter()
-        for _ in range(3):
-            model.embed_aerial(model.preprocess(x.to(device), layout="channels_last"))
-        if amp:
-            torch.cuda.synchronize()
-    model_rate = 3 * args.batch_size / (time.perf_counter() - t)
+    H, W = model.config.street_size
+    # the towers alone, on random images (cells: the aerial tower; photos: the street-view tower)
+    cells_x = torch.randint(0, 255, (args.batch_size, exp.lods.n_lods, P, P, 3), dtype=torch.uint8)
+    photos_x = torch.randint(0, 255, (args.batch_size, H, W, 3), dtype=torch.uint8)
+    model_rate = _tower_rate(model.embed_aerial, model, cells_x, device, amp)
+    photo_rate = _tower_rate(model.embed_street, model, photos_x, device, amp)
     # the sampler alone
     from vglpipe.aerial.sampler import AerialSampler
     from vglpipe.store.tables import read_table
@@ -76,15 +75,31 @@ def run(args: argparse.Namespace) -> dict:
     # the whole path, as the stage runs it
     out = wd / f"emb-{time.time_ns()}"
     out.mkdir()
-    info = embed_cell_shard(model, "bench", cells, region.aerial_index, exp.lods, out, 0, 1, 4096, args.batch_size,
-                            0.5, args.workers, device, amp, progress=False)
+    info = embed_cell_shard(model, "bench", cells, region.aerial_index, exp.lods, out, 0, 1, args.chunk_cells,
+                            args.batch_size, 0.5, args.workers, device, amp, progress=False)
     figures = {"config": args.config, "device": device.type, "cells": n, "cells_per_s": info["cells_per_s"],
                "data_wait_fraction": info["data_wait_fraction"], "sampler_cells_per_s": round(sampler_rate, 1),
-               "model_cells_per_s": round(model_rate, 1), "workers": args.workers, "batch_size": args.batch_size,
+               "model_cells_per_s": round(model_rate, 1), "model_photos_per_s": round(photo_rate, 1),
+               "workers": args.workers, "batch_size": args.batch_size, "chunk_cells": args.chunk_cells,
                "peak_rss_mb": round(peak_rss_mb(), 1)}
     if device.type == "cuda":
         figures["gpu"] = torch.cuda.get_device_name()
     print(f"{n} cells: {figures['cells_per_s']} cells/s end to end ({args.workers} workers, data wait "
           f"{100 * (figures['data_wait_fraction'] or 0):.0f} %); sampler alone {sampler_rate:.0f} cells/s, "
-          f"model alone {model_rate:.0f} cells/s", flush=True)
+          f"aerial tower alone {model_rate:.0f} cells/s, street-view tower alone {photo_rate:.0f} photos/s", flush=True)
     return figures
+
+
+def _tower_rate(tower, model, x: torch.Tensor, device: torch.device, amp: bool, reps: int = 5) -> float:
+    """Images per second through one tower (uint8 batch ``x`` moved to the device each time), after one
+    untimed batch."""
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for i in range(reps + 1):
+            if i == 1:
+                if amp:
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+            tower(model.preprocess(x.to(device), layout="channels_last"))
+        if amp:
+            torch.cuda.synchronize()
+    return reps * len(x) / (time.perf_counter() - t)

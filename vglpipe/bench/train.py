@@ -6,7 +6,8 @@ rendered photos in a photo store, as the demo makes them. Then
 * ``loader_samples_per_s_per_worker``: training samples (photo decode + resize, a rotated
   multi-LOD cell cut from the COGs, colour jitter) built by one process, one thread, warm;
 * ``samples_per_s`` and ``data_wait_fraction``: the training loop (forward, loss, backward,
-  step) with the config's DataLoader workers, after ``--warmup`` steps;
+  step) with the config's DataLoader workers, after ``--warmup`` steps; with ``--mining N`` the
+  mining scans (one forward pass per sample, between steps) count as waiting;
 * ``peak_rss_mb`` of this process.
 
 ``--config demo`` (the demo model, 2 CPU cores) by default; ``--config paper`` measures the paper's
@@ -41,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--loader-samples", type=int, default=300)
     p.add_argument("--workers", type=int, help="DataLoader workers (default: the config's)")
+    p.add_argument("--batch-size", type=int, help="global batch (default: the config's)")
+    p.add_argument("--mining", type=int, default=0, metavar="N",
+                   help="hard example mining with a fixed scan of N batches per round (each sample is embedded "
+                        "once more in the scan); 0: off")
     p.add_argument("--workdir", help="keep the synthetic region here (default: a temporary directory)")
 
 
@@ -50,8 +55,12 @@ def run(args: argparse.Namespace) -> dict:
     from vglpipe.train.loop import Trainer
 
     cfg = CONFIGS[args.config]
-    settings = Settings({**cfg, "train": {**cfg["train"], "steps": args.warmup + args.steps, "log_every": 10**6,
-                                         "checkpoint_every": 10**6}, "experiments": {"bench": {}}})
+    train = {**cfg["train"], "steps": args.warmup + args.steps, "log_every": 10**6, "checkpoint_every": 10**6}
+    if args.batch_size:
+        train["batch_size"] = args.batch_size
+    if args.mining:
+        train["mining"] = {"enabled": True, "first_scan_batches": args.mining, "max_scan_batches": args.mining}
+    settings = Settings({**cfg, "train": train, "experiments": {"bench": {}}})
     exp = settings.experiment("bench")
     tmp = tempfile.TemporaryDirectory() if args.workdir is None else None
     wd = Path(args.workdir or tmp.name)
@@ -91,7 +100,7 @@ def run(args: argparse.Namespace) -> dict:
         "samples_per_s": round(warm.timed_samples / warm.timed_s, 1),
         "loader_samples_per_s_per_worker": round(loader_rate, 1),
         "data_wait_fraction": round(warm.wait_s / warm.timed_s, 4),
-        "workers": trainer.workers, "batch_size": exp.train.batch_size, "steps": args.steps,
+        "workers": trainer.workers, "batch_size": exp.train.batch_size, "steps": args.steps, "mining": args.mining,
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     if device.startswith("cuda"):

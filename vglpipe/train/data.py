@@ -255,12 +255,36 @@ def worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def loader(stream: TrainStream, batches: list[list[int]], workers: int,
-           generator: torch.Generator | None = None) -> torch.utils.data.DataLoader:
-    """A DataLoader yielding the given batches (lists of stream positions) in order. Samples do
-    not depend on worker seeds; ``generator`` keeps the loader from drawing on the global RNG."""
-    return torch.utils.data.DataLoader(
-        stream, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-        worker_init_fn=worker_init, pin_memory=torch.cuda.is_available(),
-        prefetch_factor=4 if workers else None, persistent_workers=False, generator=generator,
-    )
+class BatchLoader:
+    """One DataLoader for the whole run: its workers start once and serve every pass (a training
+    round, a mining scan); ``batches(b)`` yields the batches ``b`` (lists of stream positions) in
+    order. Samples do not depend on worker seeds; ``generator`` keeps the loader from drawing on the
+    global RNG."""
+
+    def __init__(self, stream: TrainStream, workers: int, generator: torch.Generator | None = None):
+        if workers:
+            # the workers are forked from this process: a child that finds OpenCV's thread pool of
+            # the parent running deadlocks in its first OpenCV call, so the pool is stopped here
+            cv2.setNumThreads(1)
+        self._pass: list[list[int]] = []
+        self._dl = torch.utils.data.DataLoader(
+            stream, batch_sampler=self, num_workers=workers, collate_fn=collate,
+            worker_init_fn=worker_init, pin_memory=torch.cuda.is_available(),
+            prefetch_factor=4 if workers else None, persistent_workers=workers > 0, generator=generator,
+        )
+
+    def batches(self, batches: list[list[int]]):
+        """An iterator over the collated ``batches``; the previous pass's iterator is discarded."""
+        self._pass = [list(b) for b in batches]
+        return iter(self._dl)
+
+    def close(self) -> None:
+        """Stop the workers (the DataLoader keeps them in its iterator, which stops them when dropped)."""
+        self._dl._iterator = None
+
+    # the DataLoader's batch sampler: the current pass
+    def __iter__(self):
+        return iter(self._pass)
+
+    def __len__(self) -> int:
+        return len(self._pass)

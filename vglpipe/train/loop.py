@@ -31,7 +31,7 @@ from vglpipe.errors import InputError, ResumeError
 from vglpipe.settings import Experiment, _plain
 from vglpipe.store.atomic import atomic_path, atomic_write_text
 from vglpipe.train import distributed as dd
-from vglpipe.train.data import Jitter, RegionFiles, SampleSpec, TrainingPhotos, TrainStream, batches_of, loader
+from vglpipe.train.data import BatchLoader, Jitter, RegionFiles, SampleSpec, TrainingPhotos, TrainStream, batches_of
 from vglpipe.train.loss import dcl_loss
 from vglpipe.train.mining import MiningSchedule, build_clusters
 
@@ -195,6 +195,8 @@ class Trainer:
         self.stream = TrainStream(self.photos, SampleSpec(
             street_size=tuple(spec.street_size), aerial_size=spec.aerial_size, lods=exp.lods, t_max_m=exp.t_max_m,
             jitter=Jitter(j.brightness, j.contrast, j.saturation, j.hue), seed=self.t.seed))
+        # the DataLoader draws its workers' base seed from this generator, not the global RNG
+        self.loader = BatchLoader(self.stream, self.workers, torch.Generator().manual_seed(self.t.seed))
         self.net = self.model
         if self.rank.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -296,7 +298,7 @@ class Trainer:
         self.model.eval()
         s_emb, a_emb, s_ll, a_ll, ks = [], [], [], [], []
         with torch.no_grad():
-            for batch in loader(self.stream, [self._local(p) for p in pool], self.workers, self._gen()):
+            for batch in self.loader.batches([self._local(p) for p in pool]):
                 s, a = self._embed(batch, self.model)
                 s_emb.append(dd.gather_nograd(s, self.rank))
                 a_emb.append(dd.gather_nograd(a, self.rank))
@@ -316,10 +318,6 @@ class Trainer:
         rnd = batches_of(self.state.position, n, self.t.batch_size)
         self.state.position += n * self.t.batch_size
         return rnd
-
-    def _gen(self) -> torch.Generator:
-        # the DataLoader draws its workers' base seed from this generator, not the global RNG
-        return torch.Generator().manual_seed(self.t.seed)
 
     # ---- the loop
     def run(self) -> TrainSummary:
@@ -341,7 +339,7 @@ class Trainer:
                 if not self.state.round:
                     self.state.round = self._next_round()
                 rnd = self.state.round
-                it = iter(loader(self.stream, [self._local(b) for b in rnd], self.workers, self._gen()))
+                it = self.loader.batches([self._local(b) for b in rnd])
                 while self.state.round and self.state.step < self.t.steps:
                     tw = time.perf_counter()
                     batch = next(it)
@@ -362,6 +360,7 @@ class Trainer:
                         break
                 del it
         finally:
+            self.loader.close()
             signal.signal(signal.SIGTERM, old_handler)
             bar.close()
             metrics.close()
