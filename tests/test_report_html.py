@@ -465,3 +465,94 @@ def test_cell_size_estimated_when_not_given(inputs):
     png_est = example_figure(dataclasses.replace(ex, cell_size_m=None), dpi=50)
     png_given = example_figure(ex, dpi=50)
     assert png_est == png_given
+
+
+# ------------------------------------------------------------------ ablations
+
+
+def _ablation_inputs(inputs, factor: str = "aerial LODs") -> dict:
+    """The synthetic inputs plus an ablation: 4 LODs (3 seeds) beating 1 LOD (2 seeds) beyond the
+    spread, and a second factor whose variants overlap."""
+    from vglpipe.report import Ablation, AblationRun
+    from vglpipe.report.data import ExperimentResult
+
+    e0 = inputs["experiments"][0]
+    values = {"lod4-s0": (0.050, 0.25), "lod4-s1": (0.056, 0.27), "lod4-s2": (0.047, 0.24),
+              "lod1-s0": (0.031, 0.18), "lod1-s1": (0.034, 0.19), "mean-s0": (0.049, 0.22), "mean-s1": (0.058, 0.26)}
+    extra = [ExperimentResult(name=n, description=f"{n} run", recall={"R@1<50m": r1, "R@10<50m": r10, "R@100<50m": 0.7},
+                              chance=e0.chance, n_queries=e0.n_queries) for n, (r1, r10) in values.items()]
+    ablations = [
+        Ablation(factor, [AblationRun("lod1-s1", "1 LOD", 1), AblationRun("lod4-s0", "4 LODs", 0),
+                          AblationRun("lod1-s0", "1 LOD", 0), AblationRun("lod4-s1", "4 LODs", 1),
+                          AblationRun("lod4-s2", "4 LODs", 2)],
+                 better="4 LODs", source="paper §3.2"),
+        Ablation("pooling", [AblationRun("lod4-s0", "MHA", 0), AblationRun("lod4-s1", "MHA", 1),
+                             AblationRun("mean-s0", "mean", 0), AblationRun("mean-s1", "mean", 1)], better="MHA"),
+    ]
+    return {**inputs, "experiments": [*inputs["experiments"], *extra], "examples": [], "ablations": ablations}
+
+
+def test_ablations_section_side_by_side(inputs):
+    html = render_report(**_ablation_inputs(inputs))
+    doc = parse(html)
+    assert doc.errors == []
+    sec = section(doc, "ablations")
+    assert sec.find_all("h2")[0].text == "Ablations"
+    assert "#ablations" in {a.attrs["href"] for a in section(doc, "overview").find_all("a")}
+    # the section comes right after the summary
+    order = [e.attrs["id"] for e in doc.root.find_all("section")]
+    assert order.index("ablations") == order.index("summary") + 1
+    rows = section(doc, "table-ablation-1").find_all("tbody")[0].find_all("tr")
+    assert [r.attrs["data-variant"] for r in rows] == ["4 LODs", "1 LOD"]  # the paper's better one first
+    assert "paper-better" in rows[0].classes() and "paper-better" not in rows[1].classes()
+    cells = [td.text for td in rows[0].find_all("td")]
+    assert cells[:2] == ["4 LODs", "0, 1, 2"]
+    assert cells[2:5] == ["5.0 · 5.6 · 4.7", "5.1", "4.7–5.6"]  # R@1<50m per seed, mean, spread (percent)
+    assert cells[5:8] == ["25.0 · 27.0 · 24.0", "25.3", "24.0–27.0"]  # R@10<50m
+    assert [td.text for td in rows[1].find_all("td")][2:5] == ["3.1 · 3.4", "3.2", "3.1–3.4"]
+    assert "<p>Paper: <strong>4 LODs</strong> is better (paper §3.2).</p>" in html
+    items = sec.find_all("li")
+    assert [li.attrs["data-verdict"] for li in items] == ["holds", "within the seed spread"]
+    assert "4 LODs > 1 LOD: holds (mean R@1<50m 5.1 % vs 3.2 %" in items[0].text
+    assert "MHA vs mean: within the seed spread (cannot be told from noise" in items[1].text
+    src = section(doc, "fig-ablation-1").find_all("img")[0].attrs["src"]
+    assert src.startswith("data:image/svg+xml;base64,")
+
+
+def test_no_ablations_no_section(doc):
+    assert not doc.root.find_all(id="ablations")
+    assert "#ablations" not in {a.attrs["href"] for a in section(doc, "overview").find_all("a")}
+
+
+def test_ablation_strings_are_escaped(inputs):
+    evil = '<script>alert("factor")</script>'
+    inp = _ablation_inputs(inputs, factor=evil)
+    from vglpipe.report import Ablation, AblationRun
+
+    inp["ablations"].append(Ablation("other", [AblationRun("lod4-s0", '<img src=x onerror="a()">', 0)],
+                                     better='<img src=x onerror="a()">', source="</p><script>x</script>"))
+    html = render_report(**inp)
+    doc = parse(html)
+    assert doc.errors == []
+    assert not re.search(r"(?i)<script", html)
+    assert "<img src=x" not in html
+    assert not [(t, a) for t, a, _ in doc.all_attrs if a.startswith("on")]
+    assert "&lt;script&gt;alert(" in html
+    assert evil in section(doc, "ablation-1").text
+    assert section(doc, "ablation-3").text == "other"
+    row = section(doc, "table-ablation-3").find_all("tbody")[0].find_all("tr")[0]
+    assert row.find_all("td")[0].text == '<img src=x onerror="a()">'
+    assert "no verdict" not in row.text and "Only one variant" in section(doc, "ablations").text
+
+
+def test_ablation_of_an_unknown_experiment_is_refused(inputs):
+    from vglpipe.report import Ablation, AblationRun
+
+    inp = _ablation_inputs(inputs)
+    inp["ablations"] = [Ablation("x", [AblationRun("nope", "a", 0)])]
+    with pytest.raises(InputError, match="nope"):
+        render_report(**inp)
+    with pytest.raises(InputError, match="better variant"):
+        Ablation("x", [AblationRun("a", "v", 0)], better="w")
+    with pytest.raises(InputError, match="no runs"):
+        Ablation("x", [])

@@ -407,12 +407,40 @@ class EvaluateSettings(Section):
 
 
 @dataclass(frozen=True)
+class AblationSettings(Section):
+    """An experiment's place in an ablation (``experiments.<name>.ablation``)."""
+
+    SCHEMA: ClassVar[str] = "experiments.*.ablation"
+    factor: str
+    variant: str
+    reference: Mapping[str, str]
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """The (factor, variant) pairs the experiment is in: its factor's, or one per factor of
+        ``reference``; none when it is not part of an ablation."""
+        if self.factor:
+            return ((self.factor, self.variant),)
+        return tuple(sorted(self.reference.items()))
+
+
+@dataclass(frozen=True)
+class PaperFinding(Section):
+    """The paper's direction for one ablation factor (``report.ablations.<factor>``)."""
+
+    SCHEMA: ClassVar[str] = "report.ablations.*"
+    better: str
+    source: str
+
+
+@dataclass(frozen=True)
 class ReportSettings(Section):
     SCHEMA: ClassVar[str] = "report"
     examples: int
     baseline: str
     radius_m: float
     map_m: float
+    ablations: Mapping[str, PaperFinding]
 
 
 @dataclass(frozen=True)
@@ -532,12 +560,24 @@ class EvaluateStage:
 
 
 @dataclass(frozen=True)
+class AblationRun:
+    """One experiment as one variant of an ablation factor (a reference experiment is one run
+    per factor it is in)."""
+
+    experiment: str
+    factor: str
+    variant: str
+    seed: int  # the experiment's train.seed
+
+
+@dataclass(frozen=True)
 class ReportStage:
     report: ReportSettings
     evaluate: EvaluateSettings
     layout: LayoutSettings
     index: IndexSettings
     experiments: tuple[tuple[str, str], ...]  # (name, description), in report order (baseline last)
+    ablation_runs: tuple[AblationRun, ...]  # derived: Settings.ablation_runs
 
 
 @dataclass(frozen=True)
@@ -628,6 +668,22 @@ class Settings:
         t_max = max(0.5 * self.layout.test_cell_m - train.gnss_margin_m, 0.0)
         return Experiment(name=name, description=exp["description"], model=model, train=train, lods=lods,
                           t_max_m=t_max)
+
+    def ablation(self, name: str) -> AblationSettings:
+        """The experiment's place in an ablation. Kept out of :class:`Experiment` (what training
+        reads): a label must not retrain a model or stop its checkpoint from resuming."""
+        if name not in self.config["experiments"]:
+            raise ConfigError(f"{self.source}: no experiment {name!r} "
+                              f"(experiments: {', '.join(self.experiments) or 'none'})")
+        return AblationSettings.from_dict(self.config["experiments"][name]["ablation"],
+                                          f"experiments.{name}.ablation")
+
+    @property
+    def ablation_runs(self) -> tuple[AblationRun, ...]:
+        """Every experiment's (factor, variant) pairs with its seed, by factor, variant, seed."""
+        runs = [AblationRun(experiment=n, factor=f, variant=v, seed=self.experiment(n).train.seed)
+                for n in self.experiments for f, v in self.ablation(n).pairs]
+        return tuple(sorted(runs, key=lambda r: (r.factor, r.variant, r.seed, r.experiment)))
 
     @cached_property
     def train(self) -> TrainSettings:
@@ -772,8 +828,35 @@ class Settings:
                             f"{', '.join(self.experiments) or 'none'})")
         for name in self.experiments:
             self.experiment(name)
+        problems += self._ablation_problems()
         if problems:
             raise ConfigError(f"{self.source} is invalid:\n  " + "\n  ".join(problems))
+
+    def _ablation_problems(self) -> list[str]:
+        problems = []
+        for name in self.experiments:
+            a, where = self.ablation(name), f"experiments.{name}.ablation"
+            if a.factor and not a.variant:
+                problems.append(f"{where}.factor {a.factor!r} needs a variant")
+            if a.variant and not a.factor:
+                problems.append(f"{where}.variant {a.variant!r} needs a factor")
+            if a.factor and a.reference:
+                problems.append(f"{where}: factor and reference exclude each other (one factor's variant, "
+                                "or the reference settings of several factors)")
+        seen: dict[tuple[str, str, int], str] = {}
+        variants: dict[str, set[str]] = {}
+        for run in self.ablation_runs:
+            variants.setdefault(run.factor, set()).add(run.variant)
+            key = (run.factor, run.variant, run.seed)
+            if key in seen:
+                problems.append(f"experiments {seen[key]} and {run.experiment} are both variant {run.variant!r} of "
+                                f"{run.factor!r} with train.seed {run.seed}: a repeat needs another seed")
+            seen.setdefault(key, run.experiment)
+        for factor, finding in self.report.ablations.items():
+            if factor in variants and finding.better not in variants[factor]:
+                problems.append(f"report.ablations.{factor}.better {finding.better!r} is not a variant of "
+                                f"{factor!r} (variants: {', '.join(sorted(variants[factor]))})")
+        return problems
 
     # ---- stage bundles
     def cells_stage(self) -> CellsStage:
@@ -809,7 +892,8 @@ class Settings:
         baseline = self.report.baseline
         ordered = [n for n in names if n != baseline] + ([baseline] if baseline else [])
         return ReportStage(report=self.report, evaluate=self.evaluate, layout=self.layout, index=self.index,
-                           experiments=tuple((n, self.config["experiments"][n]["description"]) for n in ordered))
+                           experiments=tuple((n, self.config["experiments"][n]["description"]) for n in ordered),
+                           ablation_runs=self.ablation_runs)
 
     def demo_boundary_stage(self, region: str) -> DemoBoundaryStage:
         r = self.demo_region(region)

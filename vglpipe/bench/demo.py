@@ -10,21 +10,10 @@ stage's share of the time (from Snakemake's benchmark files).
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
-import shutil
-import subprocess
-import sys
 import tempfile
-import time
-from collections import defaultdict
 from pathlib import Path
 
-import yaml
-
-REPO = Path(__file__).resolve().parents[2]
-WORKFLOW_FILES = ["Snakefile", "rules", "workflow_config.yaml", "profiles", "envs", "docs"]
+from vglpipe.bench._workflow import demo_config, prepare, read_recall, region_under_test, run_workflow, stage_seconds
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,51 +24,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", help="run in (and keep) this directory instead of a temporary one")
 
 
-def _config(seed: int) -> dict:
-    cfg = yaml.safe_load((REPO / "workflow_config.yaml").read_text())
-    for r in cfg["demo"]["regions"].values():
-        r["seed"] += seed
-    cfg["demo"].setdefault("streetview", {})["seed"] = cfg["demo"].get("streetview", {}).get("seed", 0) + seed
-    return cfg
-
-
-def stage_seconds(workdir: Path) -> dict[str, float]:
-    """Summed job seconds per rule from Snakemake's benchmark files (benchmarks/<stage>/...)."""
-    out: dict[str, float] = defaultdict(float)
-    for tsv in (workdir / "benchmarks").rglob("*.tsv"):
-        stage = tsv.relative_to(workdir / "benchmarks").parts[0]
-        with open(tsv) as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-        if rows:
-            out[stage] += float(rows[-1]["s"])
-    return dict(sorted(out.items()))
-
-
 def run(args: argparse.Namespace) -> dict:
     tmp = tempfile.TemporaryDirectory(prefix="vgl-bench-demo-") if args.keep is None else None
     wd = Path(args.keep or tmp.name)
-    wd.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, wd / name, dirs_exist_ok=True)
-        else:
-            shutil.copy2(src, wd / name)
-    cfg = _config(args.seed)
-    (wd / "demo.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    snakemake = Path(sys.executable).parent / "snakemake"
-    # the rules' `python` must be this interpreter (the venv's), activated or not
-    env = {**os.environ, "PATH": f"{snakemake.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    t0 = time.perf_counter()
-    proc = subprocess.run([str(snakemake), "--profile", "profiles/local", "--cores", str(args.cores),
-                           "--configfile", "demo.yaml"], cwd=wd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
-        raise SystemExit(f"the demo failed (exit {proc.returncode}) in {wd}")
-    test = next(r for r, v in cfg["regions"].items() if v.get("role") == "test")
-    trained = json.loads((wd / f"results/eval/{args.experiment}/{test}/recall.json").read_text())
-    untrained = json.loads((wd / f"results/eval/{args.baseline}/{test}/recall.json").read_text())
+    cfg = demo_config(args.seed)
+    prepare(wd, cfg, "demo.yaml")
+    wall = run_workflow(wd, "demo.yaml", args.cores, "the demo")
+    test = region_under_test(cfg)
+    trained = read_recall(wd, args.experiment, test)
+    untrained = read_recall(wd, args.baseline, test)
     stages = stage_seconds(wd)
     total = sum(stages.values())
     print(f"demo (world seed offset {args.seed}) in {wall / 60:.1f} min on {args.cores} cores; test region {test}, "

@@ -4,7 +4,8 @@
         --out results/reports/demo/demo-test/index.html
 
 Reads, under ``--root``, the evaluation of every configured experiment on the region (they are
-compared side by side, the untrained baseline among them), the experiment's embeddings for the
+compared side by side, the untrained baseline among them, and the ablations' variants over their
+seeds), the experiment's embeddings for the
 example maps, the region's photos, orthophotos, cells summary and crawl report, and the
 Snakemake benchmark files for timings. Writes one self-contained HTML file.
 """
@@ -51,9 +52,22 @@ def main(args: argparse.Namespace) -> int:
                       root / "results/cells" / region / "summary.json",
                       root / "results/photos" / region / "crawl_report.json", excluded, root / "benchmarks", main_exp)
     title = f"vglpipe — {main_exp} on {region}"
-    write_report(args.out, title, results, ex, facts, main_exp, metric=f"R@1<{r.radius_m:g}m")
+    write_report(args.out, title, results, ex, facts, main_exp, metric=f"R@1<{r.radius_m:g}m",
+                 ablations=ablations(st))
     log.info("report -> %s", args.out)
     return 0
+
+
+def ablations(st: ReportStage) -> list:
+    """The configured ablation factors (experiments.<e>.ablation, report.ablations), by factor name."""
+    from vglpipe.report import Ablation, AblationRun
+
+    runs: dict[str, list] = {}
+    for run in st.ablation_runs:
+        runs.setdefault(run.factor, []).append(AblationRun(run.experiment, run.variant, run.seed))
+    found = {f: st.report.ablations.get(f) for f in runs}
+    return [Ablation(f, runs[f], better=found[f].better if found[f] else "", source=found[f].source if found[f] else "")
+            for f in sorted(runs)]
 
 
 def _rows(path: Path):

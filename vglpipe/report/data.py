@@ -314,3 +314,63 @@ class RunFacts:
         except (TypeError, ValueError) as exc:
             raise InputError(f"run facts: counts and timings must be numbers ({exc})") from None
         self.extra = _check_facts("run facts extra", self.extra)
+
+
+@dataclass
+class AblationRun:
+    """One run of one variant of an ablation factor: the experiment (named as in the report's
+    experiments, whose recall it shows) and its training seed. The repeats of a variant are runs
+    with the same variant and different seeds."""
+
+    experiment: str
+    variant: str
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.experiment, str) or not self.experiment.strip():
+            raise InputError(f"ablation run: experiment must be a non-empty string, got {self.experiment!r}")
+        if not isinstance(self.variant, str) or not self.variant.strip():
+            raise InputError(f"ablation run {self.experiment!r}: variant must be a non-empty string, got {self.variant!r}")
+        if isinstance(self.seed, bool):
+            raise InputError(f"ablation run {self.experiment!r}: seed {self.seed!r} is not an integer")
+        try:
+            self.seed = int(self.seed)
+        except (TypeError, ValueError):
+            raise InputError(f"ablation run {self.experiment!r}: seed {self.seed!r} is not an integer") from None
+
+
+@dataclass
+class Ablation:
+    """One ablation factor (paper Tables 3/4): its variants' runs side by side.
+
+    factor: what is varied ("aerial LODs", "pooling", ...; an outside string).
+    runs: every run of every variant (at least one).
+    better: the variant the paper finds better ("" when not known: no verdict).
+    source: where the paper says so ("paper §3.2, ablations §4.5").
+    """
+
+    factor: str
+    runs: list[AblationRun]
+    better: str = ""
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.factor, str) or not self.factor.strip():
+            raise InputError(f"ablation factor must be a non-empty string, got {self.factor!r}")
+        self.runs = list(self.runs or [])
+        if not self.runs:
+            raise InputError(f"ablation {self.factor!r} has no runs")
+        for r in self.runs:
+            if not isinstance(r, AblationRun):
+                raise InputError(f"ablation {self.factor!r}: runs must be AblationRun objects, got {type(r).__name__}")
+        self.better = "" if self.better is None else str(self.better)
+        self.source = "" if self.source is None else str(self.source)
+        if self.better and self.better not in self.variants:
+            raise InputError(f"ablation {self.factor!r}: the paper's better variant {self.better!r} is not one of "
+                             f"its variants {self.variants}")
+
+    @property
+    def variants(self) -> list[str]:
+        """Variant names, the paper's better one first, the others in order of appearance."""
+        seen = list(dict.fromkeys(r.variant for r in self.runs))
+        return ([self.better] if self.better in seen else []) + [v for v in seen if v != self.better]

@@ -211,6 +211,40 @@ def strata_svg(
         return to_svg(fig)
 
 
+# -------------------------------------------------------------------- ablations
+
+
+def ablation_svg(summary) -> bytes:
+    """One ablation factor (a :class:`vglpipe.report.ablations.FactorSummary`): a row per variant
+    (the paper's better one on top, in the accent colour) with a dot per seed on the summary's
+    metric, the min–max spread as a line and the mean as a bar."""
+    metric = summary.metric
+    variants = list(summary.variants)
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(6.0, 0.9 + 0.42 * len(variants)), layout="constrained")
+        ax = fig.subplots()
+        xmax = 0.0
+        for i, v in enumerate(variants):
+            y = len(variants) - 1 - i
+            color = "#1f6fb2" if v.variant == summary.better else "0.35"
+            vals = [100 * x for x in v.present(metric)]
+            if not vals:
+                continue
+            xmax = max(xmax, *vals)
+            ax.plot([min(vals), max(vals)], [y, y], color=color, lw=1.4, alpha=0.6)
+            ax.plot(vals, [y] * len(vals), ls="none", marker="o", ms=6, mec="white", mew=0.7, color=color)
+            mean = sum(vals) / len(vals)
+            ax.plot([mean, mean], [y - 0.28, y + 0.28], color=color, lw=2.4)
+        ax.set_yticks(range(len(variants)))
+        ax.set_yticklabels([mpl_text(v.variant) for v in reversed(variants)])
+        ax.set_ylim(-0.6, len(variants) - 0.4)
+        ax.set_xlim(0, max(5.0, xmax * 1.15))
+        ax.set_xlabel(f"{metric.replace('<', ' < ')} (dots: seeds; bar: mean)")
+        _pct_axis(ax, "x")
+        ax.grid(True, axis="x", alpha=0.3)
+        return to_svg(fig)
+
+
 # -------------------------------------------------------------------- example
 
 

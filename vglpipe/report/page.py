@@ -24,10 +24,13 @@ import vglpipe
 from vglpipe.errors import InputError
 from vglpipe.geo.sphere import offset_m
 from vglpipe.report import figures, templates
-from vglpipe.report.data import Example, ExperimentResult, RunFacts, parse_recall_key, recall_key
+from vglpipe.report.ablations import HOLDS, REVERSED, TOO_FEW_SEEDS, WITHIN_SPREAD, summarize_factor
+from vglpipe.report.data import Ablation, Example, ExperimentResult, RunFacts, parse_recall_key, recall_key
 from vglpipe.store.atomic import atomic_write_text
 
 SECTION_IDS = ("overview", "summary", "curves", "by-year", "by-hour", "examples", "facts")
+#: Sections shown only when their inputs are given (ablations: when any experiment is part of one).
+OPTIONAL_SECTION_IDS = ("ablations",)
 
 
 def _env() -> Environment:
@@ -277,6 +280,55 @@ def _strata_view(experiments, main: ExperimentResult, attr: str, metric: str) ->
     return view
 
 
+_VERDICT_CSS = {HOLDS: "ok", REVERSED: "bad", WITHIN_SPREAD: "flag"}
+_VERDICT_MARK = {HOLDS: "\u2713", REVERSED: "\u2717", WITHIN_SPREAD: "\u2248", TOO_FEW_SEEDS: "\u2013"}
+
+
+def _ablations_view(ablations: Sequence[Ablation], experiments: Sequence[ExperimentResult], metric: str) -> list[dict]:
+    """Per factor: a row per variant (per-seed R@1 and R@10 at the metric's radius, mean,
+    min–max spread), the paper's direction and a verdict per other variant (:mod:`.ablations`)."""
+    by_name = {e.name: e for e in experiments}
+    r = parse_recall_key(metric)[1]
+    keys = (recall_key(1, r), recall_key(10, r))
+    views = []
+    for i, ab in enumerate(ablations, start=1):
+        if not isinstance(ab, Ablation):
+            raise InputError(f"ablations must be Ablation objects, got {type(ab).__name__}")
+        unknown = sorted({run.experiment for run in ab.runs} - set(by_name))
+        if unknown:
+            raise InputError(f"ablation {ab.factor!r} names experiment(s) {unknown} that are not in the report "
+                             f"(experiments: {sorted(by_name)})")
+        summary = summarize_factor(
+            ab.factor, [(run.variant, run.seed, run.experiment, by_name[run.experiment].recall) for run in ab.runs],
+            better=ab.better, source=ab.source, metric=keys[0], keys=keys)
+        rows = []
+        for v in summary.variants:
+            cells = []
+            for k in keys:
+                per_seed = [fmt_pct(x) for x in v.values[k]]
+                spread = v.spread(k)
+                cells.append({"key": k, "per_seed": " · ".join(per_seed), "mean": fmt_pct(v.mean(k)),
+                              "spread": "–" if spread is None else f"{fmt_pct(spread[0])}–{fmt_pct(spread[1])}"})
+            rows.append({"variant": v.variant, "better": bool(ab.better) and v.variant == ab.better,
+                         "seeds": ", ".join(str(s) for s in v.seeds), "n_seeds": len(v.seeds),
+                         "experiments": ", ".join(v.experiments), "cells": cells})
+        views.append({
+            "id": f"ablation-{i}",
+            "factor": ab.factor,
+            "better": ab.better,
+            "source": ab.source,
+            "metrics": keys,
+            "rows": rows,
+            "verdicts": [{"text": c.text, "verdict": c.verdict, "mark": _VERDICT_MARK[c.verdict],
+                          "css": _VERDICT_CSS.get(c.verdict, "")}
+                         for c in summary.comparisons],
+            "note": summary.note,
+            "src": data_uri("image/svg+xml", figures.ablation_svg(summary)),
+            "alt": f"{keys[0]} per seed of each variant of {ab.factor}",
+        })
+    return views
+
+
 def _example_view(ex: Example, anchor: str, dpi: int, fmt: str, jpeg_quality: int) -> dict:
     payload = figures.example_figure(ex, fmt=fmt, dpi=dpi, jpeg_quality=jpeg_quality)
     mime = "image/png" if fmt == "png" else "image/jpeg"
@@ -328,6 +380,7 @@ def render_report(
     main_experiment: str,
     *,
     metric: str = "R@1<50m",
+    ablations: Sequence[Ablation] = (),
     example_dpi: int = 90,
     example_format: str = "jpeg",
     jpeg_quality: int = 80,
@@ -335,7 +388,11 @@ def render_report(
     """The evaluation report as one self-contained HTML document.
 
     ``metric`` is the headline metric (header, by-year/by-hour plots); the
-    summary table shows R@1/10/100 at its radius. Example figures are embedded
+    summary table shows R@1/10/100 at its radius. ``ablations`` (factors whose
+    runs are among ``experiments``) add the "Ablations" section: each
+    variant's R@1/R@10 at the metric's radius per seed, mean and spread, and
+    whether the paper's better variant beats the others beyond the seed spread
+    on R@1 (:mod:`vglpipe.report.ablations`). Example figures are embedded
     as JPEG (``example_format="png"`` for lossless) at ``example_dpi``
     (the figure is 10 x 5 in, i.e. 900 x 450 px at 90 dpi).
     Raises InputError for inconsistent inputs (unknown main experiment,
@@ -424,6 +481,7 @@ def render_report(
         "main_name": main.name,
         "summary_keys": summary_keys,
         "summary_rows": _recall_rows(experiments, main, chance_rows, summary_keys),
+        "ablations": _ablations_view(ablations, experiments, metric),
         "full_groups": sorted(full_groups.items()),
         "full_rows": _recall_rows(experiments, main, chance_rows, all_keys),
         "curves_src": data_uri("image/svg+xml", figures.recall_curves_svg(experiments, main.chance)),

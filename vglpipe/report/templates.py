@@ -46,6 +46,10 @@ thead th { border-bottom: 2px solid var(--fg); white-space: nowrap; }
 td.num, th.num { text-align: right; white-space: nowrap; }
 tr.main-exp td:first-child::after { content: " \2605"; color: var(--accent); }
 tr.chance td { color: var(--muted); font-style: italic; }
+tr.paper-better td:first-child::after { content: " (paper: better)"; color: var(--accent); font-weight: 400; font-size: 0.85rem; }
+.verdict.flag { color: var(--flag); font-weight: 700; }
+table.ablation .first-of-group { border-left: 1px solid var(--line); }
+ul.verdicts { margin: 0.3rem 0 1rem; padding-left: 1.2rem; max-width: 90ch; }
 tr.flagged td { color: var(--flag); background: #fff8e6; }
 .flag { color: var(--flag); font-weight: 600; white-space: nowrap; }
 td.name { font-weight: 600; overflow-wrap: anywhere; max-width: 16rem; }
@@ -113,7 +117,8 @@ REPORT = r"""{% extends "base.html" %}
 {% endfor %}</div>
 <nav class="toc" aria-label="Sections"><ol>
 <li><a href="#summary">Summary</a></li>
-<li><a href="#curves">Recall vs N</a></li>
+{% if ablations %}<li><a href="#ablations">Ablations</a></li>
+{% endif %}<li><a href="#curves">Recall vs N</a></li>
 <li><a href="#by-year">By year</a></li>
 <li><a href="#by-hour">By hour</a></li>
 <li><a href="#examples">Examples</a></li>
@@ -158,6 +163,46 @@ is the same architecture with random weights. All numbers are percent.</p>
 </table>
 </div>
 </section>
+
+{% if ablations %}
+<section id="ablations">
+<h2>Ablations</h2>
+<p>Each factor varied as in the paper's ablation tables, everything else as in the reference settings.
+One row per variant, with its {{ ablations[0].metrics[0] }} and {{ ablations[0].metrics[1] }} for each seed (run-to-run repeats that differ only in
+<code>train.seed</code>), their mean and the min–max spread over the seeds.
+The verdict compares the variant the paper finds better with each other one on {{ ablations[0].metrics[0] }}:
+it <em>holds</em> when its mean is higher and every one of its seeds beats every seed of the other variant, it is <em>reversed</em> when
+the other variant wins that way, and otherwise the difference is within the seed spread and cannot be told from noise
+(with fewer than two seeds per variant there is no verdict).</p>
+{% for f in ablations %}
+<h3 id="{{ f.id }}">{{ f.factor }}</h3>
+{% if f.better %}<p>Paper: <strong>{{ f.better }}</strong> is better{% if f.source %} ({{ f.source }}){% endif %}.</p>{% endif %}
+<div class="table-wrap">
+<table id="table-{{ f.id }}" class="ablation">
+<thead>
+<tr><th rowspan="2">Variant</th><th rowspan="2">Seeds</th>
+{% for k in f.metrics %}<th class="group first-of-group" colspan="3" scope="colgroup">{{ k }}</th>{% endfor %}<th rowspan="2">Experiments</th></tr>
+<tr>{% for k in f.metrics %}<th class="num first-of-group" scope="col">per seed</th><th class="num" scope="col">mean</th><th class="num" scope="col">spread</th>{% endfor %}</tr>
+</thead>
+<tbody>
+{% for row in f.rows %}<tr{% if row.better %} class="paper-better"{% endif %} data-variant="{{ row.variant }}">
+<td class="name">{{ row.variant }}</td><td class="num">{{ row.seeds }}</td>
+{% for c in row.cells %}<td class="num first-of-group" data-key="{{ c.key }}">{{ c.per_seed }}</td><td class="num" data-key="{{ c.key }}" data-stat="mean"><strong>{{ c.mean }}</strong></td><td class="num" data-key="{{ c.key }}" data-stat="spread">{{ c.spread }}</td>{% endfor %}
+<td class="desc">{{ row.experiments }}</td>
+</tr>
+{% endfor %}</tbody>
+</table>
+</div>
+<figure class="plot" id="fig-{{ f.id }}">
+<img src="{{ f.src }}" alt="{{ f.alt }}">
+</figure>
+{% if f.verdicts %}<ul class="verdicts">
+{% for v in f.verdicts %}<li data-verdict="{{ v.verdict }}"><span class="verdict {{ v.css }}" title="{{ v.verdict }}" aria-hidden="true">{{ v.mark }}</span> {{ v.text }}</li>
+{% endfor %}</ul>
+{% else %}<p class="muted">{{ f.note }}</p>{% endif %}
+{% endfor %}
+</section>
+{% endif %}
 
 <section id="curves">
 <h2>Recall vs N</h2>
