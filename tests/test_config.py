@@ -15,7 +15,7 @@ def test_shipped_config_is_valid_and_complete():
     assert config["layout"]["test_cell_m"] == 30.0
     assert config["layout"]["train_cell_m"] == 5.0
     assert {r: v["role"] for r, v in config["regions"].items()} == {
-        "demo-train": "train", "demo-train-b": "train", "demo-train-c": "train", "demo-test": "test"}
+        **{f"demo-train{s}": "train" for s in ("", "-b", "-c", "-d", "-e", "-f")}, "demo-test": "test"}
     assert set(config["demo"]["regions"]) == set(config["regions"])
 
 

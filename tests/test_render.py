@@ -131,3 +131,22 @@ def test_road_mask_from_colour_when_read_back(small_world, tmp_path):
     derived, truth = road_mask(back), road_mask(small_world)
     inter = (derived & truth).sum()
     assert inter / derived.sum() > 0.7 and inter / truth.sum() > 0.5
+
+
+def test_cameras_on_roads_mostly_face_along_them(small_world, tmp_path):
+    """Mapillary's photos are mostly taken from vehicles: most on-road cameras look along the road
+    (either way), the rest any way."""
+    region = DemoRegion(42.40, -71.10, 300.0).boundary()
+    render_source(small_world, region, tmp_path, RenderSettings(n=200, seed=6, internal_scale=0.1))
+    t = pq.read_table(tmp_path / "source.parquet").to_pandas()
+    # the world's two road families (vglpipe.demo.world._road_network): pixel direction
+    # (cos a, sin a) with rows running south, and the perpendicular one
+    a = np.radians(float(small_world.meta["road_angle_deg"]))
+    axes = np.array([np.degrees(np.arctan2(np.cos(a), -np.sin(a))), np.degrees(np.arctan2(-np.sin(a), -np.cos(a)))])
+    off = np.abs((t["true_heading"].to_numpy()[:, None] - axes[None, :] + 90) % 180 - 90).min(axis=1)
+    along = t["along_road"].to_numpy()
+    on_road = (t["placement"] == "road").to_numpy()
+    assert not along[~on_road].any()
+    assert 0.7 < along[on_road].mean() < 0.9
+    assert np.mean(off[along] < 30) > 0.95  # along a road, within 3 sigma of the noise
+    assert np.mean(off[on_road & ~along] < 15) < 0.6  # the others any way (uniform: 1/3 within 15° of an axis)

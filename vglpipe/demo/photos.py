@@ -1,7 +1,8 @@
 """Render a region's synthetic Mapillary: photos, camera metadata, GNSS noise, ground truth.
 
 :func:`render_source` places cameras mostly on roads (a few off-road, some outside the
-region polygon or in its hole, which the crawler must drop), draws camera/capture
+region polygon or in its hole, which the crawler must drop), turns most cameras on a road to
+face along it (as vehicles and walkers take Mapillary's photos), draws camera/capture
 metadata as a crowd-sourcing platform would hold it (several years, mostly daylight with a
 minority of dusk, dawn and night shots, varied devices, aspect ratios and resolutions, a few
 panoramas and greyscale photos, a hostile user name) and renders every photo. The position the fake API serves is the
@@ -58,6 +59,8 @@ class RenderSettings:
     seed: int | tuple[int, ...] = 0  # e.g. (photo seed, world seed): ids then differ between regions
     hours: tuple[tuple[float, float, float], ...] = HOURS
     on_road: float = 0.85
+    along_road: float = 0.8  # of the cameras on a road, those facing along it (as from a vehicle), ± heading_sigma_deg
+    heading_sigma_deg: float = 10.0
     outside: float = 0.06  # outside the polygon (incl. its hole): must be dropped by the crawler
     pano: float = 0.03
     grey: float = 0.03
@@ -76,6 +79,21 @@ def road_mask(world) -> np.ndarray:
     v = c.mean(axis=2)
     mask = grey & (v > 55) & (v < 110) & (world.height < 0.3)
     return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8)).astype(bool)
+
+
+def road_axis_deg(roads: np.ndarray, row: np.ndarray, col: np.ndarray, m_per_px: float,
+                  reach_m: float = 20.0, step_deg: float = 5.0) -> np.ndarray:
+    """The local road's axis at each pixel, degrees clockwise from north in [0, 180): the
+    direction through the pixel along which the most road lies within ±``reach_m``."""
+    axes = np.arange(0.0, 180.0, step_deg)
+    t = np.arange(-reach_m, reach_m + 1e-9, 1.0) / m_per_px  # px along the axis
+    a = np.radians(axes)
+    dc, dr = np.sin(a), -np.cos(a)  # east = +col, north = -row
+    rr = np.rint(row[:, None, None] + dr[None, :, None] * t[None, None, :]).astype(np.int64)
+    cc = np.rint(col[:, None, None] + dc[None, :, None] * t[None, None, :]).astype(np.int64)
+    inside = (rr >= 0) & (rr < roads.shape[0]) & (cc >= 0) & (cc < roads.shape[1])
+    hits = np.where(inside, roads[np.clip(rr, 0, roads.shape[0] - 1), np.clip(cc, 0, roads.shape[1] - 1)], False)
+    return axes[hits.sum(axis=2).argmax(axis=1)]
 
 
 def _pick(rng, mask: np.ndarray, n: int) -> np.ndarray:
@@ -137,7 +155,13 @@ def render_source(world, region, out_dir: str | os.PathLike, settings: RenderSet
     lo, hi = np.array([h[1] for h in s.hours])[part], np.array([h[2] for h in s.hours])[part]
     hour_local = rng.uniform(lo, hi) % 24.0
     captured = (day * 86_400_000 + np.round((hour_local - true_lon / 15.0) * 3_600_000)).astype(np.int64)
+    # most photos on a road face along it (taken from a vehicle or walking it), the rest any way
     heading = rng.uniform(0, 360, s.n)
+    along = (kind == 0) & (rng.random(s.n) < s.along_road)
+    if along.any():
+        axis = road_axis_deg(roads, prow[along], pcol[along], world.m_per_px)
+        heading[along] = (axis + 180.0 * rng.integers(0, 2, int(along.sum()))
+                          + rng.normal(0, s.heading_sigma_deg, int(along.sum()))) % 360
     hfov = rng.uniform(50, 110, s.n)
     cam_h = rng.uniform(1.5, 2.5, s.n)
     pitch = np.clip(rng.normal(0, 3, s.n), -8, 8)
@@ -184,7 +208,7 @@ def render_source(world, region, out_dir: str | os.PathLike, settings: RenderSet
         "true_lat": np.asarray(true_lat).tolist(), "true_lon": np.asarray(true_lon).tolist(),
         "true_heading": heading.tolist(), "hfov_deg": np.where(pano, 360.0, hfov).tolist(),
         "cam_height_m": cam_h.tolist(), "pitch_deg": pitch.tolist(), "roll_deg": roll.tolist(),
-        "on_road": (kind == 0).tolist(), "placement": np.array(["road", "offroad", "outside"])[kind].tolist(),
+        "on_road": (kind == 0).tolist(), "along_road": along.tolist(), "placement": np.array(["road", "offroad", "outside"])[kind].tolist(),
         "true_in_region": in_region.tolist(), "greyscale": grey.tolist(),
         "gnss_error_m": np.hypot(dn, de).tolist(), "hour_local": hour_local.tolist(),
     }

@@ -117,8 +117,6 @@ def _device_embed(model, images: torch.Tensor, aerial: bool, device: torch.devic
             x = torch.cat([x, x[:1].expand(batch_size - m, *x.shape[1:])])
         x = x.to(device, non_blocking=True)
         x = model.preprocess(x, layout="channels_last")  # uint8 (..., H, W, 3) -> float (..., 3, H, W)
-        if amp and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             e = model.embed_aerial(x) if aerial else model.embed_street(x)
         out.append(e[:m].float().cpu().numpy().astype(np.float16))
