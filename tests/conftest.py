@@ -79,3 +79,16 @@ def write_config(workdir: Path, name: str, config: dict) -> str:
 
     (workdir / name).write_text(yaml.safe_dump(config, sort_keys=False))
     return name
+
+
+def wake_zero_init_branches(model) -> None:
+    """Give zero-initialised norm scales (timm ResNet's ``zero_init_last``: each residual branch
+    starts as the identity) the value 1, so that a gradient check at step 0 reaches the layers
+    inside those branches; without this they get no gradient at initialisation by design."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(module, torch.nn.modules.batchnorm._NormBase) and weight is not None and not weight.any():
+                weight.fill_(1.0)

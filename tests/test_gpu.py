@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO
+from conftest import REPO, wake_zero_init_branches
 from conftest_train import tiny_settings, train_region  # noqa: F401  (fixture)
 from vglpipe.model import create_model, list_models
 from vglpipe.settings import to_json
@@ -39,6 +39,7 @@ def inputs(model, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
 def test_every_model_trains_a_step_in_bf16_channels_last(name):
     torch.manual_seed(0)
     model = create_model(name).to(CUDA).to(memory_format=torch.channels_last).train()
+    wake_zero_init_branches(model)
     street, aerial = inputs(model, batch=4)
     street = street.to(CUDA).contiguous(memory_format=torch.channels_last)
     aerial = aerial.to(CUDA)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from conftest import wake_zero_init_branches
 from vglpipe.errors import ConfigError, InputError, VglpipeError
 from vglpipe.model import (
     GeoModel,
@@ -84,6 +85,7 @@ def test_embeddings_are_unit_vectors_times_scale_and_finite(built):
 
 def test_every_trainable_parameter_gets_a_gradient(built):
     model, street, aerial = built
+    wake_zero_init_branches(model)
     model.zero_grad(set_to_none=True)
     out = model(street, aerial)
     logits = out.street @ out.aerial.T
@@ -112,7 +114,7 @@ def test_aerial_samples_are_embedded_independently(built):
 
 
 def test_registry_has_the_required_configs():
-    assert {"paper", "paper-ablation", "demo", "demo-mean", "demo-single-lod", "demo-shared"} <= set(list_models())
+    assert {"paper", "paper-ablation", "demo", "demo-resnet", "demo-mean", "demo-single-lod", "demo-shared"} <= set(list_models())
 
 
 def test_paper_config_matches_the_paper():
