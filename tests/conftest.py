@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from vglpipe.bench._workflow import WORKFLOW_FILES  # noqa: F401  (what a workflow run directory needs)
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 REFERENCE_DATA = SHARED / "reference-data"
-WORKFLOW_FILES = ["Snakefile", "rules", "workflow_config.yaml", "profiles", "envs", "docs"]
 
 
 @pytest.fixture
