@@ -30,14 +30,13 @@ log = logging.getLogger("vglpipe.embed")
 
 
 def _setup(args):
+    from vglpipe.model.geomodel import prepare_for
     from vglpipe.train.loop import load_model
 
     st = cli.stage_settings(args, EmbedStage, Settings.embed_stage, "experiment")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, weights_id, _ = load_model(Path(args.model), device)
-    amp = device.type == "cuda" and st.embed.precision == "auto"
-    if st.embed.precision == "auto":  # channels_last: faster convolutions on GPUs and CPUs
-        model = model.to(memory_format=torch.channels_last)
+    model, amp = prepare_for(model, device, st.embed.precision)
     workers = st.embed.workers if args.workers is None else args.workers
     return st, device, model, weights_id, amp, workers
 

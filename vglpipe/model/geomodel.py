@@ -101,6 +101,15 @@ class GeoModel(nn.Module):
             verify_loaded(bb, loaded[tower], weights.source, tower)
 
 
+def prepare_for(model: GeoModel, device: torch.device, precision: str) -> tuple[GeoModel, bool]:
+    """The one place that says what a ``precision`` setting (train/embed: "auto" | "fp32") means:
+    "auto" gives the model channels_last layout (faster convolutions on GPUs and CPUs) and asks
+    for bf16 autocast on CUDA; returns the model and whether to autocast."""
+    if precision == "auto":
+        model = model.to(memory_format=torch.channels_last)
+    return model, device.type == "cuda" and precision == "auto"
+
+
 def preprocess(
     images: torch.Tensor | np.ndarray,
     mean: tuple[float, float, float],

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from vglpipe.errors import InputError, ResumeError
+from vglpipe.model.geomodel import prepare_for
 from vglpipe.settings import Experiment, _plain
 from vglpipe.store.atomic import atomic_path, atomic_write_text
 from vglpipe.train import distributed as dd
@@ -185,10 +186,7 @@ class Trainer:
             # the loader's workers take cores too: torch threads that wait for a busy core slow
             # every step down many times over
             torch.set_num_threads(max(1, dd.cores_per_process() - self.workers))
-        self.amp = self.device.type == "cuda" and self.t.precision == "auto"
-        self.model = build_model(exp).to(self.device)
-        if self.t.precision == "auto":  # channels_last: faster convolutions on GPUs and CPUs
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model, self.amp = prepare_for(build_model(exp).to(self.device), self.device, self.t.precision)
         spec = self.model.input_spec
         self.photos = TrainingPhotos(regions)
         j = self.t.jitter
