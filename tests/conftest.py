@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from vglpipe.bench._workflow import WORKFLOW_FILES  # noqa: F401  (what a workflow run directory needs)
+from vglpipe.bench._workflow import copy_workflow
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -34,13 +33,7 @@ def tool_env() -> dict[str, str]:
 @pytest.fixture
 def workflow_dir(tmp_path: Path) -> Path:
     """A fresh working copy of the workflow (Snakefile, rules, config, profiles)."""
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, tmp_path / name)
-        else:
-            shutil.copy2(src, tmp_path / name)
-    return tmp_path
+    return copy_workflow(tmp_path)
 
 
 def run_snakemake(

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 from shapely.geometry import box, mapping
 
-from conftest import REPO, WORKFLOW_FILES, deep_merge, demo_config, run_snakemake, write_config
+from conftest import copy_workflow, deep_merge, demo_config, run_snakemake, write_config
 from demo_fingerprint import fingerprint
 
 #: The demo at CI size: fewer photos, a few training steps, small batches, no worker processes.
@@ -37,9 +36,7 @@ REFERENCE = Path(__file__).parent / "data" / "demo_small_fingerprint.json"
 def demo_run(tmp_path_factory) -> Path:
     """The small demo (80 photos per region) run once through Snakemake in its own directory."""
     wd = tmp_path_factory.mktemp("demo")
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, wd / name)
+    copy_workflow(wd)
     write_config(wd, "small.yaml", small_config())
     run_snakemake(wd, "--configfile", "small.yaml")
     return wd

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import REPO, WORKFLOW_FILES, deep_merge, demo_config, run_snakemake, tool_env, write_config
+from conftest import copy_workflow, deep_merge, demo_config, run_snakemake, tool_env, write_config
 from test_cells_stage import TOWN_TARGETS, write_inputs
 from test_demo_workflow import small_config
 
@@ -109,9 +109,7 @@ def slurm_data(tmp_path_factory) -> Path:
     """The small demo's data stages (run here, not on SLURM: the crawl chain's SLURM run is tested above)."""
     need_slurm()
     wd = tmp_path_factory.mktemp("slurm-data")
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, wd / name)
+    copy_workflow(wd)
     write_config(wd, "slurm.yaml", deep_merge(small_config(), SLURM_CONFIG))
     run_snakemake(wd, *DATA_TARGETS, "--configfile", "slurm.yaml")
     return wd

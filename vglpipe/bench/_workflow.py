@@ -31,8 +31,8 @@ def demo_config(seed: int = 0) -> dict:
     return cfg
 
 
-def prepare(workdir: Path, config: dict, name: str) -> Path:
-    """``workdir`` with the workflow's files and ``config`` written as ``name``; returns the config's path."""
+def copy_workflow(workdir: Path) -> Path:
+    """Copy the workflow's files (WORKFLOW_FILES) into ``workdir``, made if missing; returns it."""
     workdir.mkdir(parents=True, exist_ok=True)
     for f in WORKFLOW_FILES:
         src = REPO / f
@@ -40,6 +40,12 @@ def prepare(workdir: Path, config: dict, name: str) -> Path:
             shutil.copytree(src, workdir / f, dirs_exist_ok=True)
         else:
             shutil.copy2(src, workdir / f)
+    return workdir
+
+
+def prepare(workdir: Path, config: dict, name: str) -> Path:
+    """``workdir`` with the workflow's files and ``config`` written as ``name``; returns the config's path."""
+    copy_workflow(workdir)
     path = workdir / name
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return path
