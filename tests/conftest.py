@@ -81,8 +81,10 @@ def wake_zero_init_branches(model) -> None:
     inside those branches; without this they get no gradient at initialisation by design."""
     import torch
 
+    norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm,
+             torch.nn.GroupNorm, torch.nn.LayerNorm)  # timm's norm layers subclass these
     with torch.no_grad():
         for module in model.modules():
             weight = getattr(module, "weight", None)
-            if isinstance(module, torch.nn.modules.batchnorm._NormBase) and weight is not None and not weight.any():
+            if isinstance(module, norms) and weight is not None and not weight.any():
                 weight.fill_(1.0)
