@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> dict:
     from vglpipe.cells import enumerate_file
     from vglpipe.demo.regions import DemoRegion
     from vglpipe.model import create_model
+    from vglpipe.model.geomodel import prepare_for
     from vglpipe.search.embedding import embed_cell_shard
     from vglpipe.settings import Settings
 
@@ -51,11 +52,9 @@ def run(args: argparse.Namespace) -> dict:
     cells = wd / "cells.parquet"
     n = enumerate_file(DemoRegion(42.40, -71.10, args.world_m).boundary(), settings.layout.test_layout(), cells)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = device.type == "cuda"
     torch.manual_seed(0)
-    model = create_model(exp.model.name, n_lods=exp.lods.n_lods).to(device).eval()
-    if amp:
-        model = model.to(memory_format=torch.channels_last)
+    model, amp = prepare_for(create_model(exp.model.name, n_lods=exp.lods.n_lods).to(device).eval(), device,
+                             settings.embed.precision)
     P = model.config.aerial_size
     H, W = model.config.street_size
     # the towers alone, on random images (cells: the aerial tower; photos: the street-view tower)
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> dict:
     out.mkdir()
     info = embed_cell_shard(model, "bench", cells, region.aerial_index, exp.lods, out, 0, 1, args.chunk_cells,
                             args.batch_size, 0.5, args.workers, device, amp, progress=False)
-    figures = {"config": args.config, "device": device.type, "cells": n, "cells_per_s": info["cells_per_s"],
+    figures = {"config": args.config, "model": exp.model.name, "device": device.type, "cells": n, "cells_per_s": info["cells_per_s"],
                "data_wait_fraction": info["data_wait_fraction"], "sampler_cells_per_s": round(sampler_rate, 1),
                "model_cells_per_s": round(model_rate, 1), "model_photos_per_s": round(photo_rate, 1),
                "workers": args.workers, "batch_size": args.batch_size, "chunk_cells": args.chunk_cells,

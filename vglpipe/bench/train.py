@@ -10,7 +10,7 @@ rendered photos in a photo store, as the demo makes them. Then
   mining scans (one forward pass per sample, between steps) count as waiting;
 * ``peak_rss_mb`` of this process.
 
-``--config demo`` (the demo model, 2 CPU cores) by default; ``--config paper`` measures the paper's
+``--config demo`` (the demo's model, aerial input and batch from workflow_config.yaml, 2 CPU cores) by default; ``--config paper`` measures the paper's
 model on a GPU (``step_s``, ``peak_gpu_mem_gb`` and the GPU's name).
 """
 
@@ -24,11 +24,19 @@ from pathlib import Path
 import torch
 
 from vglpipe.bench._util import peak_rss_mb
+from vglpipe.bench._workflow import demo_config
 from vglpipe.demo.region_files import make_region_files
 
+
+def _demo() -> dict:
+    """What the demo trains, read from workflow_config.yaml: its model, aerial input and batch."""
+    cfg = demo_config()
+    return {"model": cfg["model"], "aerial": {k: v for k, v in cfg["aerial"].items() if k != "sources"},
+            "train": {k: cfg["train"][k] for k in ("batch_size", "workers", "mining") if k in cfg["train"]}}
+
+
 CONFIGS = {
-    "demo": {"model": {"name": "demo", "pretrained": False}, "aerial": {"patch_px": 64, "m_per_px": 1.2},
-             "train": {"batch_size": 64, "workers": 1, "mining": {"enabled": False}}},
+    "demo": _demo(),
     "paper": {"model": {"name": "paper", "pretrained": False},
               "train": {"batch_size": 30, "workers": 8, "mining": {"enabled": False}}},
 }
@@ -96,7 +104,7 @@ def run(args: argparse.Namespace) -> dict:
     warm = _WarmTimer()
     summary = warm.run(trainer, args.warmup)
     figures = {
-        "config": args.config, "device": device.split(":")[0],
+        "config": args.config, "model": exp.model.name, "device": device.split(":")[0],
         "samples_per_s": round(warm.timed_samples / warm.timed_s, 1),
         "loader_samples_per_s_per_worker": round(loader_rate, 1),
         "data_wait_fraction": round(warm.wait_s / warm.timed_s, 4),
