@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import yaml
 from safetensors.torch import load_file
@@ -181,10 +182,25 @@ def cancel(job: str, proc: subprocess.Popen) -> None:
     assert states[job].startswith("CANCELLED"), states
 
 
+@pytest.fixture
+def reap_leftovers(tmp_path):
+    """After the test, kill what cancelled jobs left running in its directory: the local cluster's
+    proctrack/linuxproc loses a job step's processes once their parent is gone, so scancel does not
+    reach them (an idle `snakemake --executor slurm-jobstep` was found reparented to init)."""
+    yield
+    for p in psutil.process_iter(["cwd"]):
+        cwd = p.info.get("cwd")
+        if cwd and Path(cwd).is_relative_to(tmp_path):
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
 @pytest.mark.slurm
 @pytest.mark.workflow
 def test_training_requeued_then_cancelled_and_a_cancelled_embed_shard_rerun_redo_only_unfinished_work(
-        slurm_run, slurm_data, tmp_path):
+        slurm_run, slurm_data, tmp_path, reap_leftovers):
     ref, _ = slurm_run
     wd = copy_of(slurm_data, tmp_path / "wd")
     log = tmp_path / "snakemake.log"
