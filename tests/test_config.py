@@ -83,3 +83,20 @@ def test_snakemake_refuses_bad_config_at_start(workflow_dir):
     assert proc.returncode != 0
     assert "unknown key layout.tets_cell_m" in proc.stderr + proc.stdout
     assert not (workflow_dir / "results").exists()
+
+
+def test_demo_worlds_reach_as_far_as_the_downloads_and_the_street_views():
+    """A demo world extends beyond its region by the download margin or the photos' view range,
+    whichever is farther: with one small LOD the photos still look 450 m out over drawn ground."""
+    from vglpipe.settings import Settings
+
+    cfg = yaml.safe_load((REPO / "workflow_config.yaml").read_text())
+    cfg["aerial"]["n_lods"] = 4
+    paper = Settings(cfg)  # 4 LODs of 64 px at 1.2 m/px: 434 m + the offset -> 450 m
+    assert paper.download_margin_m == 450.0 and paper.demo_world_stage("demo-test").margin_m == 450.0
+    cfg["aerial"]["n_lods"] = 1
+    one = Settings(cfg)
+    assert one.download_margin_m < 100 and one.demo_world_stage("demo-test").margin_m == 450.0
+    assert one.demo_streetview_stage("demo-test").view_range_m == 450.0
+    cfg["demo"].setdefault("streetview", {})["view_range_m"] = 60
+    assert Settings(cfg).demo_world_stage("demo-test").margin_m == one.download_margin_m

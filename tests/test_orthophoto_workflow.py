@@ -11,10 +11,12 @@ from vglpipe.aerial.sampler import AerialSampler
 
 @pytest.mark.workflow
 def test_orthophoto_stage_through_snakemake(workflow_dir):
-    # smaller LODs than the paper's (so a smaller world and download margin, 60 m), to keep the test quick
+    # smaller LODs than the paper's and photos that see less far (so a smaller world and download
+    # margin, 60 m), to keep the test quick
     cfg = demo_config({"aerial": {"patch_px": 64, "m_per_px": 0.2, "n_lods": 3, "cog": {"tile_px": 2048},
                                   "sources": {"demo-train": {"chip_px": 512}}},
-                       "demo": {"regions": {"demo-train": {"orthophoto_server": {"fault_rate": 0.2, "seed": 3}}}}},
+                       "demo": {"regions": {"demo-train": {"orthophoto_server": {"fault_rate": 0.2, "seed": 3}}},
+                                "streetview": {"view_range_m": 60}}},
                       regions=["demo-train"])
     write_config(workflow_dir, "small.yaml", cfg)
     target = "results/aerial/demo-train/index.parquet"

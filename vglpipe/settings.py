@@ -349,6 +349,7 @@ class StreetviewSettings(Section):
     fault_rate: float
     latency_ms: float
     render_scale: float
+    view_range_m: float
 
 
 @dataclass(frozen=True)
@@ -594,7 +595,7 @@ class DemoWorldStage:
     center_lon: float
     size_m: float
     m_per_px: float
-    margin_m: float  # derived: the world covers what the orthophoto stage downloads
+    margin_m: float  # derived: Settings.demo_world_margin_m
 
 
 @dataclass(frozen=True)
@@ -603,6 +604,7 @@ class DemoStreetviewStage:
     seed: int
     world_seed: int  # mixed into the photo seed: regions get different photo ids
     render_scale: float
+    view_range_m: float
 
 
 @dataclass(frozen=True)
@@ -793,6 +795,12 @@ class Settings:
         return math.ceil(max(need) / 10) * 10.0
 
     @property
+    def demo_world_margin_m(self) -> float:
+        """How far a demo world extends beyond its region: what the orthophoto stage downloads
+        and what the street views see (demo.streetview.view_range_m), whichever is farther."""
+        return max(self.download_margin_m, float(self.demo.streetview.view_range_m))
+
+    @property
     def finest_m_per_px(self) -> float:
         """Ground resolution of the finest LOD over the global settings and every experiment:
         what the orthophotos must provide without upsampling."""
@@ -902,12 +910,13 @@ class Settings:
     def demo_world_stage(self, region: str) -> DemoWorldStage:
         r = self.demo_region(region)
         return DemoWorldStage(seed=r.seed, center_lat=r.center_lat, center_lon=r.center_lon, size_m=r.size_m,
-                              m_per_px=self.demo.world_m_per_px, margin_m=self.download_margin_m)
+                              m_per_px=self.demo.world_m_per_px, margin_m=self.demo_world_margin_m)
 
     def demo_streetview_stage(self, region: str) -> DemoStreetviewStage:
         r = self.demo_region(region)
         sv = self.demo.streetview
-        return DemoStreetviewStage(photos=r.photos, seed=sv.seed, world_seed=r.seed, render_scale=sv.render_scale)
+        return DemoStreetviewStage(photos=r.photos, seed=sv.seed, world_seed=r.seed, render_scale=sv.render_scale,
+                                   view_range_m=sv.view_range_m)
 
     def fake_mapillary_stage(self) -> FakeMapillaryStage:
         sv = self.demo.streetview

@@ -31,6 +31,8 @@ from vglpipe.settings import Settings, _merge, _plain
 
 ABLATIONS_FILE = REPO / "config" / "ablations.yaml"
 LODS, POOLING, MINING, LAYOUT = "aerial LODs", "pooling", "hard example mining", "layout"
+#: The paper's LOD count (§4.3): the LOD factor's other variant when the demo itself has one LOD.
+PAPER_N_LODS = 4
 #: Per factor, the only settings (paths in an experiment's effective settings) its variants change.
 FACTOR_SETTINGS = {LODS: {"lods.n_lods"}, POOLING: {"model.args.pooling"}, MINING: {"train.mining.enabled"}}
 
@@ -58,7 +60,8 @@ def _lods(n: int) -> str:
 def ablation_config(demo: Mapping, ablations: Mapping) -> dict:
     """The demo config with the ablation set merged on: its ``experiments`` replace the demo's, its
     ``report`` is merged into the demo's. Variants relative to the demo's settings follow them: the
-    mining variant is the opposite of the demo's ``train.mining.enabled`` and the reference's
+    mining variant is the opposite of the demo's ``train.mining.enabled``, the LOD variant has one
+    LOD when the demo has several and the paper's four when the demo has one, and the reference's
     variant names say what the demo does (its LOD count, mining on or off). Raises ConfigError when
     the result is invalid or a variant has the reference's settings."""
     unknown = sorted(set(ablations) - {"experiments", "report"})
@@ -69,10 +72,14 @@ def ablation_config(demo: Mapping, ablations: Mapping) -> dict:
     cfg["report"] = _merge(cfg.get("report") or {}, copy.deepcopy(dict(ablations.get("report") or {})))
     ref = Settings(copy.deepcopy(dict(demo)), source="the demo config")
     mining, n_lods = ref.train.mining.enabled, ref.lods.n_lods
-    if n_lods < 2:
-        raise ConfigError(f"the demo config has aerial.n_lods {n_lods}: no multi-LOD reference to ablate")
+    other_lods = 1 if n_lods > 1 else PAPER_N_LODS
     for exp in cfg["experiments"].values():
         a = exp.get("ablation") or {}
+        if a.get("factor") == LODS:
+            exp.setdefault("aerial", {})["n_lods"] = other_lods
+            a["variant"] = _lods(other_lods)
+            exp["description"] = (f"the demo model {'on the finest LOD only' if other_lods == 1 else f'with {other_lods} LODs'}, "
+                                  f"seed {exp.get('train', {}).get('seed', ref.train.seed)}")
         if a.get("factor") == MINING:
             exp.setdefault("train", {}).setdefault("mining", {})["enabled"] = not mining
             a["variant"] = _hem(not mining)
@@ -85,7 +92,7 @@ def ablation_config(demo: Mapping, ablations: Mapping) -> dict:
             reference[LODS] = _lods(n_lods)
     findings = cfg["report"].get("ablations") or {}
     if LODS in findings:
-        findings[LODS]["better"] = _lods(n_lods)
+        findings[LODS]["better"] = _lods(max(n_lods, other_lods))  # the paper: several LODs beat one
     settings = Settings(cfg, source=f"the demo config with {ABLATIONS_FILE.name}")
     settings.check()
     for factor, variant, other, ref_name in variant_references(settings):

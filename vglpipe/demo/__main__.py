@@ -59,7 +59,8 @@ def _streetview(args) -> int:
     world = read_world(args.world_color, args.world_height)
     region = load_boundary(args.boundary)
     render_source(world, region, args.out, RenderSettings(n=st.photos, seed=(st.seed, st.world_seed),
-                                                          internal_scale=st.render_scale))
+                                                          internal_scale=st.render_scale,
+                                                          view_range_m=st.view_range_m))
     return 0
 
 

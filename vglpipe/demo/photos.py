@@ -67,6 +67,7 @@ class RenderSettings:
     gnss_sigma_m: tuple[float, float, float] = (3.0, 8.0, 25.0)  # mixture: typical, poor, bad fix
     gnss_weights: tuple[float, float, float] = (0.75, 0.18, 0.07)
     internal_scale: float = 0.5
+    view_range_m: float = 450.0  # how far the photos see (the world must reach that far beyond the region)
     jpeg_quality: int = 88
 
 
@@ -185,7 +186,8 @@ def render_source(world, region, out_dir: str | os.PathLike, settings: RenderSet
             w, h = SIZES[size_idx[k]]
         cam = Camera(float(x[k]), float(y[k]), float(heading[k]), 360.0 if pano[k] else float(hfov[k]), w, h,
                      float(cam_h[k]), float(pitch[k]), float(roll[k]), pano=bool(pano[k]))
-        img = render(field, cam, float(hour_local[k]), rng, internal_scale=s.internal_scale)
+        img = render(field, cam, float(hour_local[k]), rng, internal_scale=s.internal_scale,
+                     max_range_m=s.view_range_m)
         if grey[k]:
             img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, s.jpeg_quality])
