@@ -98,5 +98,8 @@ def test_demo_worlds_reach_as_far_as_the_downloads_and_the_street_views():
     one = Settings(cfg)
     assert one.download_margin_m < 100 and one.demo_world_stage("demo-test").margin_m == 450.0
     assert one.demo_streetview_stage("demo-test").view_range_m == 450.0
+    from vglpipe.demo.streetview import VIEW_RANGE_M  # the renderer's own default is the setting's
+
+    assert VIEW_RANGE_M == 450.0
     cfg["demo"].setdefault("streetview", {})["view_range_m"] = 60
     assert Settings(cfg).demo_world_stage("demo-test").margin_m == one.download_margin_m

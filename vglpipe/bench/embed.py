@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> dict:
     from vglpipe.search.embedding import embed_cell_shard
     from vglpipe.settings import Settings
 
-    cfg = CONFIGS[args.config]
+    cfg = CONFIGS[args.config]()
     settings = Settings({**cfg, "experiments": {"bench": {}}})
     exp = settings.experiment("bench")
     tmp = tempfile.TemporaryDirectory() if args.workdir is None else None

@@ -35,11 +35,13 @@ def _demo() -> dict:
             "train": {k: cfg["train"][k] for k in ("batch_size", "workers", "mining") if k in cfg["train"]}}
 
 
-CONFIGS = {
-    "demo": _demo(),
-    "paper": {"model": {"name": "paper", "pretrained": False},
-              "train": {"batch_size": 30, "workers": 8, "mining": {"enabled": False}}},
-}
+def _paper() -> dict:
+    return {"model": {"name": "paper", "pretrained": False},
+            "train": {"batch_size": 30, "workers": 8, "mining": {"enabled": False}}}
+
+
+#: --config name -> the function that builds it (read when a bench runs, not on import)
+CONFIGS = {"demo": _demo, "paper": _paper}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> dict:
     from vglpipe.train.data import Jitter, SampleSpec, TrainingPhotos, TrainStream
     from vglpipe.train.loop import Trainer
 
-    cfg = CONFIGS[args.config]
+    cfg = CONFIGS[args.config]()
     train = {**cfg["train"], "steps": args.warmup + args.steps, "log_every": 10**6, "checkpoint_every": 10**6}
     if args.batch_size:
         train["batch_size"] = args.batch_size

@@ -25,7 +25,7 @@ import shapely
 from vglpipe.errors import InputError
 from vglpipe.geo.sphere import offset_m
 from vglpipe.demo.fake_mapillary import write_source
-from vglpipe.demo.streetview import Camera, HeightField, render
+from vglpipe.demo.streetview import VIEW_RANGE_M, Camera, HeightField, render
 from vglpipe.demo.world import ROAD, WATER
 
 log = logging.getLogger("vglpipe.demo")
@@ -67,7 +67,7 @@ class RenderSettings:
     gnss_sigma_m: tuple[float, float, float] = (3.0, 8.0, 25.0)  # mixture: typical, poor, bad fix
     gnss_weights: tuple[float, float, float] = (0.75, 0.18, 0.07)
     internal_scale: float = 0.5
-    view_range_m: float = 450.0  # how far the photos see (the world must reach that far beyond the region)
+    view_range_m: float = VIEW_RANGE_M  # how far the photos see (the world must reach that far beyond the region)
     jpeg_quality: int = 88
 
 

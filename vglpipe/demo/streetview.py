@@ -24,6 +24,10 @@ import numpy as np
 
 from vglpipe.errors import InputError
 
+#: How far the street views see by default, metres (beyond: sky and haze); the setting
+#: demo.streetview.view_range_m has the same default.
+VIEW_RANGE_M = 450.0
+
 
 @dataclass(frozen=True)
 class Camera:
@@ -85,7 +89,7 @@ def light(hour_local: float) -> dict:
 
 
 def render(field: HeightField, cam: Camera, hour_local: float = 12.0, rng: np.random.Generator | None = None,
-           internal_scale: float = 0.5, max_range_m: float = 450.0, n_samples: int = 320) -> np.ndarray:
+           internal_scale: float = 0.5, max_range_m: float = VIEW_RANGE_M, n_samples: int = 320) -> np.ndarray:
     """Render ``cam`` over ``field``; returns a (height, width, 3) uint8 BGR photo."""
     rng = rng or np.random.default_rng(0)
     W = max(16, int(round(cam.width * internal_scale)))
