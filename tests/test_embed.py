@@ -15,9 +15,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from conftest import REPO
 from conftest_train import CENTER, tiny_settings, train_region  # noqa: F401  (fixture)
+from vglpipe.errors import InputError
 from vglpipe.geo.sphere import offset_m
 from vglpipe.settings import Settings, to_json
 from vglpipe.train.loop import Trainer
@@ -115,3 +117,30 @@ def test_kill9_mid_shard_resumes_without_redoing_finished_chunks(inputs, one_sha
     vec, ids = result(out, 0)
     ref_vec, ref_ids = result(one_shard, 0)
     assert np.array_equal(ids, ref_ids) and np.array_equal(vec.view(np.uint16), ref_vec.view(np.uint16))
+
+
+def test_cell_vectors_are_the_mean_over_quarter_turns(inputs):
+    """embed.aerial_rotations: 4 makes a cell's vector the same whichever way its imagery is turned by
+    quarter turns (the north-up vector is not), at the model's norm."""
+    from vglpipe.aerial.sampler import AerialSampler
+    from vglpipe.search.embedding import cell_vectors
+    from vglpipe.train.loop import load_model
+
+    model_dir, _, aerial, _ = inputs
+    model, _, _ = load_model(model_dir, "cpu")
+    lat, lon = offset_m(CENTER[0], CENTER[1], np.array([0.0, 30.0, -60.0, 45.0]), np.array([0.0, 15.0, 45.0, -80.0]))
+    with AerialSampler(aerial, spec=tiny_settings().experiment("tiny").lods) as s:
+        patches = torch.from_numpy(next(s.sample_cells(np.asarray(lat), np.asarray(lon))).patches.copy())
+    turned = torch.rot90(patches, 1, dims=(-3, -2)).contiguous()
+    cpu = torch.device("cpu")
+
+    def vec(p, rotations):
+        return cell_vectors(model, p, rotations, cpu, False, 8).astype(np.float64)
+
+    north_up, four = vec(patches, 1), vec(patches, 4)
+    scale = np.linalg.norm(north_up, axis=1)
+    assert np.abs(vec(turned, 1) - north_up).max() > 1e-2 * scale.max()  # the tower itself is not invariant
+    assert np.abs(vec(turned, 4) - four).max() < 2e-3 * scale.max()
+    assert np.allclose(np.linalg.norm(four, axis=1), scale, rtol=2e-3)
+    with pytest.raises(InputError, match="aerial_rotations"):
+        vec(patches, 3)

@@ -445,3 +445,13 @@ def test_original_facebook_convnext_checkpoint_layout_is_converted(tmp_path):
     for key, value in state.items():
         if not key.startswith("head."):
             torch.testing.assert_close(current[key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16", "fp32"])
+def test_precision_settings_choose_layout_and_autocast(precision):
+    from vglpipe.model.geomodel import cpu_computes_bf16, prepare_for
+
+    model, amp = prepare_for(create_model("demo"), torch.device("cpu"), precision)
+    conv = next(p for p in model.parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) == (precision != "fp32")
+    assert amp == (precision == "bf16" and cpu_computes_bf16())

@@ -173,3 +173,19 @@ def test_learning_rate_schedule():
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
     assert f[100] == pytest.approx(0.1)
+
+
+def test_bf16_precision_autocasts_on_a_cpu_that_computes_bf16(train_region, tmp_path):
+    """train.precision bf16 trains in bf16 autocast on a CPU with native bf16 (else fp32, like auto); the
+    steps are the same steps: the loss stays within a few per cent of fp32's."""
+    from vglpipe.model.geomodel import cpu_computes_bf16
+
+    done = {}
+    for precision in ("auto", "bf16"):
+        trainer = Trainer(tiny_settings(steps=12, precision=precision).experiment("tiny"), [train_region],
+                          tmp_path / precision, progress=False)
+        assert trainer.amp == (precision == "bf16" and cpu_computes_bf16())
+        done[precision] = trainer.run()
+    auto, bf16 = done["auto"], done["bf16"]
+    assert np.isfinite(bf16.final_loss) and abs(bf16.final_loss - auto.final_loss) < 0.05 * auto.final_loss
+    assert (bf16.weights_id != auto.weights_id) == cpu_computes_bf16()

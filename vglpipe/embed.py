@@ -53,7 +53,8 @@ def _cells(args) -> int:
     e = st.embed
     info = embed_cell_shard(model, wid, Path(args.cells), Path(args.aerial_index), st.lods, out, args.shard, e.shards,
                             e.chunk_cells, e.batch_size, e.min_coverage, workers, device, amp,
-                            progress=not args.no_progress, max_upsample=st.max_upsample)
+                            progress=not args.no_progress, max_upsample=st.max_upsample,
+                            rotations=e.aerial_rotations)
     print(json.dumps(info))
     return 0
 

@@ -369,6 +369,7 @@ class EmbedSettings(Section):
     min_coverage: float
     workers: int
     precision: str
+    aerial_rotations: int
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 cut from the COGs in DataLoader workers, then the aerial tower), as the embed stage runs it.
 
 Setup (not timed): a synthetic region of ``--world-m`` metres with its COGs (as ``bench train``
-makes it) and the config's model with random weights. Figures: ``cells_per_s``,
+makes it) and the config's model with random weights; cells are embedded at the config's
+``embed.aerial_rotations`` turns (each turn is one more pass of the aerial tower). Figures: ``cells_per_s``,
 ``data_wait_fraction`` and, for comparison, ``sampler_cells_per_s`` (patches only, one process)
-``model_cells_per_s`` (the aerial tower only, on random patches) and ``model_photos_per_s`` (the
+``model_cells_per_s`` (the aerial tower only, on random patches, one turn) and ``model_photos_per_s`` (the
 street-view tower only, on random photos: the photo half of the embed stage). ``--config demo`` runs the demo
 model on the CPU; ``--config paper`` the paper's model (ConvNeXt-B, 4 x 384²) on a GPU, with the
 GPU's name.
@@ -75,8 +76,10 @@ def run(args: argparse.Namespace) -> dict:
     out = wd / f"emb-{time.time_ns()}"
     out.mkdir()
     info = embed_cell_shard(model, "bench", cells, region.aerial_index, exp.lods, out, 0, 1, args.chunk_cells,
-                            args.batch_size, 0.5, args.workers, device, amp, progress=False)
+                            args.batch_size, 0.5, args.workers, device, amp, progress=False,
+                            rotations=settings.embed.aerial_rotations)
     figures = {"config": args.config, "model": exp.model.name, "device": device.type, "cells": n, "cells_per_s": info["cells_per_s"],
+               "aerial_rotations": settings.embed.aerial_rotations,
                "data_wait_fraction": info["data_wait_fraction"], "sampler_cells_per_s": round(sampler_rate, 1),
                "model_cells_per_s": round(model_rate, 1), "model_photos_per_s": round(photo_rate, 1),
                "workers": args.workers, "batch_size": args.batch_size, "chunk_cells": args.chunk_cells,

@@ -29,10 +29,13 @@ from vglpipe.demo.region_files import make_region_files
 
 
 def _demo() -> dict:
-    """What the demo trains, read from workflow_config.yaml: its model, aerial input and batch."""
+    """What the demo trains and embeds, read from workflow_config.yaml: its model, aerial input, batch and
+    cell rotations."""
     cfg = demo_config()
     return {"model": cfg["model"], "aerial": {k: v for k, v in cfg["aerial"].items() if k != "sources"},
-            "train": {k: cfg["train"][k] for k in ("batch_size", "workers", "mining") if k in cfg["train"]}}
+            "train": {k: cfg["train"][k] for k in ("batch_size", "workers", "mining", "precision")
+                      if k in cfg["train"]},
+            "embed": {k: v for k, v in cfg.get("embed", {}).items() if k == "aerial_rotations"}}
 
 
 def _paper() -> dict:
@@ -53,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loader-samples", type=int, default=300)
     p.add_argument("--workers", type=int, help="DataLoader workers (default: the config's)")
     p.add_argument("--batch-size", type=int, help="global batch (default: the config's)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="train.precision (default: the config's)")
     p.add_argument("--mining", type=int, default=0, metavar="N",
                    help="hard example mining with a fixed scan of N batches per round (each sample is embedded "
                         "once more in the scan); 0: off")
@@ -68,6 +72,8 @@ def run(args: argparse.Namespace) -> dict:
     train = {**cfg["train"], "steps": args.warmup + args.steps, "log_every": 10**6, "checkpoint_every": 10**6}
     if args.batch_size:
         train["batch_size"] = args.batch_size
+    if args.precision:
+        train["precision"] = args.precision
     if args.mining:
         train["mining"] = {"enabled": True, "first_scan_batches": args.mining, "max_scan_batches": args.mining}
     settings = Settings({**cfg, "train": train, "experiments": {"bench": {}}})
@@ -111,12 +117,13 @@ def run(args: argparse.Namespace) -> dict:
         "loader_samples_per_s_per_worker": round(loader_rate, 1),
         "data_wait_fraction": round(warm.wait_s / warm.timed_s, 4),
         "workers": trainer.workers, "batch_size": exp.train.batch_size, "steps": args.steps, "mining": args.mining,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "precision": exp.train.precision, "bf16": trainer.amp, "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     if device.startswith("cuda"):
         figures.update(step_s=round(warm.timed_s / args.steps, 4), gpu=torch.cuda.get_device_name(),
                        peak_gpu_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2))
-    print(f"training ({figures['device']}, {trainer.workers} workers, batch {exp.train.batch_size}): "
+    print(f"training ({figures['device']}{', bf16' if trainer.amp else ''}, {trainer.workers} workers, "
+          f"batch {exp.train.batch_size}): "
           f"{figures['samples_per_s']} samples/s, data wait {100 * figures['data_wait_fraction']:.1f} % "
           f"(final loss {summary.final_loss})", flush=True)
     return figures

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,8 @@ from .backbone import create_backbone, feature_tokens
 from .config import InputSpec, ModelConfig
 from .pooling import make_pooling
 from .weights import BackboneWeights, load_into_backbone, verify_loaded
+
+log = logging.getLogger("vglpipe.model")
 
 
 @dataclass
@@ -101,13 +104,29 @@ class GeoModel(nn.Module):
             verify_loaded(bb, loaded[tower], weights.source, tower)
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX, as oneDNN sees it); elsewhere bf16
+    autocast is emulated and slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the check
+        return False
+
+
 def prepare_for(model: GeoModel, device: torch.device, precision: str) -> tuple[GeoModel, bool]:
-    """The one place that says what a ``precision`` setting (train/embed: "auto" | "fp32") means:
-    "auto" gives the model channels_last layout (faster convolutions on GPUs and CPUs) and asks
-    for bf16 autocast on CUDA; returns the model and whether to autocast."""
-    if precision == "auto":
+    """The one place that says what a ``precision`` setting (train/embed: "auto" | "bf16" | "fp32")
+    means: "auto" and "bf16" give the model channels_last layout (faster convolutions on GPUs and
+    CPUs); "auto" asks for bf16 autocast on CUDA, "bf16" also on a CPU that computes bf16 natively
+    (fp32 on other CPUs, logged); returns the model and whether to autocast."""
+    if precision in ("auto", "bf16"):
         model = model.to(memory_format=torch.channels_last)
-    return model, device.type == "cuda" and precision == "auto"
+    if device.type == "cuda":
+        return model, precision != "fp32"
+    if precision == "bf16" and device.type == "cpu":
+        if cpu_computes_bf16():
+            return model, True
+        log.info("precision bf16: this CPU has no native bf16 (AVX512-BF16/AMX); computing in fp32")
+    return model, False
 
 
 def preprocess(

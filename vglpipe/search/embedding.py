@@ -8,7 +8,11 @@ shard's work directory, so a killed shard resumes from its last finished chunk. 
 aligned to global row positions (the last one padded), so a cell's embedding does not depend
 on how the rows were split: a sharded run equals a single-shard run bit for bit on a CPU.
 Cells whose aerial coverage (LOD 0, the cell's surroundings) is below ``min_coverage`` are
-not embedded: they are listed with their coverage and kept out of the index.
+not embedded: they are listed with their coverage and kept out of the index. With
+``rotations`` > 1 a cell's vector is the mean of the unit vectors of its patches turned by
+0, 1/rotations, ... of a full turn (quarter turns: exact, no resampling), at the model's norm:
+the towers are trained on cells at random bearings (paper §3.4), and the mean over turns is a
+steadier description of the place than the north-up patch alone.
 
 Outputs per shard: ``cells-<i>.npy`` (m, d) float16, ``cells-<i>.ids.npy`` (m,) int64, and
 ``cells-<i>.excluded.parquet`` (id, coverage per LOD). Photos: ``photos.npy`` +
@@ -123,10 +127,28 @@ def _device_embed(model, images: torch.Tensor, aerial: bool, device: torch.devic
     return np.concatenate(out) if out else np.zeros((0, model.config.dim), np.float16)
 
 
+def cell_vectors(model, patches: torch.Tensor, rotations: int, device: torch.device, amp: bool,
+                 batch_size: int) -> np.ndarray:
+    """(m, d) fp16 cell embeddings of uint8 (m, n, P, P, 3) patches, averaged over ``rotations`` turns (1, 2 or 4)."""
+    if rotations not in (1, 2, 4):
+        raise InputError(f"embed.aerial_rotations must be 1, 2 or 4 (quarter turns), got {rotations}")
+    vec = _device_embed(model, patches, True, device, amp, batch_size)
+    if rotations == 1 or len(vec) == 0:
+        return vec
+    vec = vec.astype(np.float32)
+    norm = np.linalg.norm(vec, axis=1, keepdims=True)
+    acc = vec / norm
+    for k in range(1, rotations):
+        turned = torch.rot90(patches, k * 4 // rotations, dims=(-3, -2)).contiguous()
+        e = _device_embed(model, turned, True, device, amp, batch_size).astype(np.float32)
+        acc += e / np.linalg.norm(e, axis=1, keepdims=True)
+    return (acc / np.linalg.norm(acc, axis=1, keepdims=True) * norm).astype(np.float16)
+
+
 def embed_cell_shard(model, weights_id: str, cells_path: Path, aerial_index: Path, lods: LodSpec, out_dir: Path,
                      shard: int, shards: int, chunk_cells: int, batch_size: int, min_coverage: float,
                      workers: int, device: torch.device, amp: bool, progress: bool = True,
-                     max_upsample: float | None = None) -> dict:
+                     max_upsample: float | None = None, rotations: int = 1) -> dict:
     """Embed shard ``shard`` of ``shards`` of a region's cells (resumable); returns its report."""
     cells = read_table(cells_path, ["id", "lat", "lon"])
     plan = plan_shard(cells.num_rows, shard, shards, chunk_cells)
@@ -134,7 +156,8 @@ def embed_cell_shard(model, weights_id: str, cells_path: Path, aerial_index: Pat
     work = paths["work"]
     work.mkdir(parents=True, exist_ok=True)
     stamp = {"weights_id": weights_id, "cells": str(cells_path), "rows": [plan.start, plan.stop],
-             "chunk_cells": chunk_cells, "batch_size": batch_size, "min_coverage": min_coverage, "lods": lods.to_dict()}
+             "chunk_cells": chunk_cells, "batch_size": batch_size, "min_coverage": min_coverage, "lods": lods.to_dict(),
+             "rotations": rotations}
     stamp_file = work / "stamp.json"
     if stamp_file.exists() and json.loads(stamp_file.read_text()) != stamp:
         log.warning("%s: finished chunks are from other settings or weights; starting the shard over", work)
@@ -161,7 +184,7 @@ def embed_cell_shard(model, weights_id: str, cells_path: Path, aerial_index: Pat
     for c0, c1, patches, cov, upsampled in dl:
         wait += time.perf_counter() - tw
         keep = cov[:, 0].numpy() >= min_coverage
-        vec = _device_embed(model, patches[torch.from_numpy(keep)], True, device, amp, batch_size)
+        vec = cell_vectors(model, patches[torch.from_numpy(keep)], rotations, device, amp, batch_size)
         with atomic_path(work / f"chunk-{c0:012d}.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, ids=ids[c0 - plan.start:c1 - plan.start], keep=keep, vectors=vec, coverage=cov.numpy(),
@@ -170,11 +193,11 @@ def embed_cell_shard(model, weights_id: str, cells_path: Path, aerial_index: Pat
         tw = time.perf_counter()
     bar.close()
     seconds = time.perf_counter() - t0
-    return _finish_shard(plan, paths, weights_id, lods, min_coverage, seconds, wait, model.config.dim)
+    return _finish_shard(plan, paths, weights_id, lods, min_coverage, seconds, wait, model.config.dim, rotations)
 
 
 def _finish_shard(plan: ShardPlan, paths: dict, weights_id: str, lods: LodSpec, min_coverage: float,
-                  seconds: float, wait: float, dim: int) -> dict:
+                  seconds: float, wait: float, dim: int, rotations: int) -> dict:
     vecs, kept_ids, ex_ids, ex_cov = [], [], [], []
     upsampled = np.zeros(lods.n_lods, np.int64)  # embedded cells per LOD whose patch is magnified too much
     for c0, _ in plan.chunks:
@@ -196,7 +219,7 @@ def _finish_shard(plan: ShardPlan, paths: dict, weights_id: str, lods: LodSpec, 
     info = {"weights_id": weights_id, "shard": plan.index, "shards": plan.count, "rows": [plan.start, plan.stop],
             "cells": n_cells, "embedded": int(ids.size), "excluded_low_coverage": int(excluded.num_rows),
             "upsampled_cells_per_lod": upsampled.tolist(),
-            "min_coverage": min_coverage, "dim": int(vectors.shape[1]) if vectors.ndim == 2 else dim,
+            "min_coverage": min_coverage, "rotations": rotations, "dim": int(vectors.shape[1]) if vectors.ndim == 2 else dim,
             "seconds": round(seconds, 2), "cells_per_s": round(n_cells / seconds, 1) if seconds > 0 else None,
             "data_wait_fraction": round(wait / seconds, 4) if seconds > 0 else None}
     atomic_write_text(paths["info"], json.dumps(info, indent=2, sort_keys=True) + "\n")
