@@ -50,8 +50,9 @@ def checkpoint_step(out: Path) -> int:
     return -1
 
 
-def test_kill9_then_resume_gives_identical_weights(train_region, tmp_path):
-    settings = tiny_settings(steps=16, checkpoint_every=4)
+@pytest.mark.parametrize("precision", ["auto", "bf16"])  # bf16: autocast where the CPU has it (the demo)
+def test_kill9_then_resume_gives_identical_weights(train_region, tmp_path, precision):
+    settings = tiny_settings(steps=16, checkpoint_every=4, precision=precision)
     run(train_cmd(train_region, tmp_path / "clean", settings))
     out = tmp_path / "killed"
     proc = subprocess.Popen(train_cmd(train_region, out, settings), cwd=REPO, stdout=subprocess.DEVNULL,
