@@ -164,6 +164,14 @@ def wait_for(predicate, what: str, timeout: float = 300.0, proc: subprocess.Pope
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def text_or_empty(path: Path) -> str:
+    """A job's log; empty while there is none (Snakemake deletes a job's log as the job starts, requeued too)."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def start_snakemake(wd: Path, log: Path) -> subprocess.Popen:
     cmd = [str(Path(sys.executable).parent / "snakemake"), "--profile", "profiles/slurm", *TARGETS,
            "--configfile", "slurm.yaml"]
@@ -225,7 +233,7 @@ def test_training_requeued_then_cancelled_and_a_cancelled_embed_shard_rerun_redo
     subprocess.run(["scontrol", "requeue", train], check=True, timeout=30)
     wait_for(lambda: state(train) == "PENDING", "the requeued job pending", proc=proc)
     subprocess.run(["scontrol", "update", f"JobId={train}", "StartTime=now"], check=True, timeout=30)
-    found = wait_for(lambda: re.search(r"resuming at step (\d+) of 96", train_log.read_text()),
+    found = wait_for(lambda: re.search(r"resuming at step (\d+) of 96", text_or_empty(train_log)),
                      "the requeued job resuming", proc=proc)
     resumed = int(found.group(1))
     assert resumed > 0
