@@ -10,8 +10,8 @@ rendered photos in a photo store, as the demo makes them. Then
   mining scans (one forward pass per sample, between steps) count as waiting;
 * ``peak_rss_mb`` of this process.
 
-``--config demo`` (the demo's model, aerial input and batch from workflow_config.yaml, 2 CPU cores) by default; ``--config paper`` measures the paper's
-model on a GPU (``step_s``, ``peak_gpu_mem_gb`` and the GPU's name).
+``--config demo`` (the demo's model, aerial input, batch and precision from workflow_config.yaml,
+2 CPU cores) by default; ``--config paper`` measures the paper's model on a GPU (``step_s``, ``peak_gpu_mem_gb`` and the GPU's name).
 """
 
 from __future__ import annotations
