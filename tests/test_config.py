@@ -15,7 +15,7 @@ def test_shipped_config_is_valid_and_complete():
     assert config["layout"]["test_cell_m"] == 30.0
     assert config["layout"]["train_cell_m"] == 5.0
     assert {r: v["role"] for r, v in config["regions"].items()} == {
-        **{f"demo-train{s}": "train" for s in ("", "-b", "-c", "-d", "-e", "-f")}, "demo-test": "test"}
+        **{f"demo-train{s}": "train" for s in ("", *(f"-{c}" for c in "bcdefghijkl"))}, "demo-test": "test"}
     assert set(config["demo"]["regions"]) == set(config["regions"])
 
 
@@ -103,3 +103,22 @@ def test_demo_worlds_reach_as_far_as_the_downloads_and_the_street_views():
     assert VIEW_RANGE_M == 450.0
     cfg["demo"].setdefault("streetview", {})["view_range_m"] = 60
     assert Settings(cfg).demo_world_stage("demo-test").margin_m == one.download_margin_m
+
+
+def test_shipped_demo_worlds_share_no_ground():
+    """Every demo world (its region's square plus the world margin) lies apart from every other:
+    the test world shares no cell, and no ground the photos see, with any training world."""
+    import itertools
+    import math
+
+    from vglpipe.settings import Settings
+
+    s = Settings(yaml.safe_load((REPO / "workflow_config.yaml").read_text()))
+    half = {n: r.size_m / 2 + s.demo_world_stage(n).margin_m for n, r in s.demo.regions.items()}
+    for a, b in itertools.combinations(s.demo.regions, 2):
+        ra, rb = s.demo.regions[a], s.demo.regions[b]
+        north = math.radians(rb.center_lat - ra.center_lat) * 6371000
+        east = math.radians(rb.center_lon - ra.center_lon) * 6371000 * math.cos(math.radians(ra.center_lat))
+        gap = max(abs(north), abs(east)) - half[a] - half[b]
+        assert gap > 1000, f"demo worlds {a} and {b} are only {gap:.0f} m apart"
+    assert len({r.seed for r in s.demo.regions.values()}) == len(s.demo.regions)  # each its own world

@@ -154,4 +154,4 @@ def test_job_counts_of_the_demo_config_match_its_dry_run(workflow_dir):
     config = yaml.safe_load((REPO / "workflow_config.yaml").read_text())
     stats = dry_run_job_stats(run_snakemake(workflow_dir, "-n").stdout)
     assert stats == job_counts(Settings(config))
-    assert stats["demo_world"] == stats["crawl"] == len(config["regions"]) == 7
+    assert stats["demo_world"] == stats["crawl"] == len(config["regions"]) == 13
