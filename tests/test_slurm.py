@@ -58,7 +58,8 @@ def test_demo_crawl_on_slurm_gets_its_threads_as_cpus(workflow_dir):
     """A multi-threaded rule asks SLURM for its threads (and fits the node): the demo crawl
     chain (world, boundary, rendered photos, crawl) runs as SLURM jobs."""
     need_slurm()
-    write_config(workflow_dir, "small.yaml", demo_config({"demo": {"regions": {"demo-test": {"photos": 40}}}},
+    write_config(workflow_dir, "small.yaml", demo_config({"crawl": {"threads": 2},
+                                                          "demo": {"regions": {"demo-test": {"photos": 40}}}},
                                                          regions=["demo-test"]))
     target = "results/photos/demo-test/metadata.parquet"
     run = run_snakemake(workflow_dir, target, "--configfile", "small.yaml", profile="profiles/slurm")
@@ -73,7 +74,7 @@ def test_demo_crawl_on_slurm_gets_its_threads_as_cpus(workflow_dir):
     rows = {r.split("|")[0]: r.split("|")[1:] for r in acct.stdout.split()}
     assert {s for s, _ in rows.values()} == {"COMPLETED"}, acct.stdout
     cpus = {jobs[j]: int(c) for j, (_, c) in rows.items()}
-    assert cpus["crawl"] == 2 and cpus["demo_world"] == 1, cpus  # the demo config's crawl.threads
+    assert cpus["crawl"] == 2 and cpus["demo_world"] == 1, cpus  # crawl.threads of the test's config
 
 
 # ---- the method half as SLURM jobs: training with 2 processes (gloo; launched exactly as on GPUs),
