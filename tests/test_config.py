@@ -109,16 +109,16 @@ def test_shipped_demo_worlds_share_no_ground():
     """Every demo world (its region's square plus the world margin) lies apart from every other:
     the test world shares no cell, and no ground the photos see, with any training world."""
     import itertools
-    import math
 
+    from vglpipe.geo.sphere import haversine_m
     from vglpipe.settings import Settings
 
     s = Settings(yaml.safe_load((REPO / "workflow_config.yaml").read_text()))
     half = {n: r.size_m / 2 + s.demo_world_stage(n).margin_m for n, r in s.demo.regions.items()}
     for a, b in itertools.combinations(s.demo.regions, 2):
         ra, rb = s.demo.regions[a], s.demo.regions[b]
-        north = math.radians(rb.center_lat - ra.center_lat) * 6371000
-        east = math.radians(rb.center_lon - ra.center_lon) * 6371000 * math.cos(math.radians(ra.center_lat))
-        gap = max(abs(north), abs(east)) - half[a] - half[b]
+        north = haversine_m(ra.center_lat, ra.center_lon, rb.center_lat, ra.center_lon)
+        east = haversine_m(ra.center_lat, ra.center_lon, ra.center_lat, rb.center_lon)
+        gap = max(north, east) - half[a] - half[b]
         assert gap > 1000, f"demo worlds {a} and {b} are only {gap:.0f} m apart"
     assert len({r.seed for r in s.demo.regions.values()}) == len(s.demo.regions)  # each its own world
