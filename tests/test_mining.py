@@ -91,6 +91,20 @@ def test_similarity_matrix_and_streaming_paths_agree():
     np.testing.assert_array_equal(with_matrix, streaming)
 
 
+@pytest.mark.parametrize("max_matrix_bytes", [2**31, 0])
+def test_the_first_clusters_are_those_of_the_whole_partition(max_matrix_bytes):
+    """A training's last scan builds only the clusters it still trains on: the same ones."""
+    street, aerial, s_ll, a_ll = synthetic_pool(256, spread_m=300.0, seed=2)
+    whole = build_clusters(street, aerial, s_ll, a_ll, cluster_size=16, mask_m=30.0, max_matrix_bytes=max_matrix_bytes)
+    for k in (1, 5, 16):
+        first = build_clusters(street, aerial, s_ll, a_ll, cluster_size=16, mask_m=30.0,
+                               max_matrix_bytes=max_matrix_bytes, n_clusters=k)
+        np.testing.assert_array_equal(first, whole[:k])
+    for bad in (0, 17):
+        with pytest.raises(InputError, match=f"n_clusters={bad}"):
+            build_clusters(street, aerial, s_ll, a_ll, cluster_size=16, mask_m=30.0, n_clusters=bad)
+
+
 def test_seed_is_the_first_unassigned_sample():
     street, aerial, s_ll, a_ll = synthetic_pool(64)
     clusters = build_clusters(street, aerial, s_ll, a_ll, cluster_size=8, mask_m=30.0)

@@ -101,6 +101,32 @@ def test_loader_workers_serve_every_round_and_scan_with_the_same_samples(train_r
     assert worst < 1e-4, f"largest weight difference {worst}"
 
 
+def test_the_last_scan_builds_only_the_batches_left_to_train(train_region, tmp_path, monkeypatch):
+    """A scan larger than the steps left (here 4 batches when 3 steps remain) clusters only those
+    steps' batches (the clustering is quadratic in the pool: at the demo's 3,000 steps the last
+    scan holds 2,048 batches); the weights are those of building the whole pool's batches."""
+    import vglpipe.train.loop as loop
+
+    real, calls = loop.build_clusters, []
+
+    def recording(*args, n_clusters=None, **kw):
+        calls.append((len(args[0]) // kw["cluster_size"], n_clusters))
+        return real(*args, n_clusters=n_clusters, **kw)
+
+    def whole_pool(*args, n_clusters=None, **kw):
+        return real(*args, **kw)
+
+    settings = tiny_settings(steps=13, checkpoint_every=100)
+    out = {}
+    for name, fn in (("left", recording), ("whole", whole_pool)):
+        monkeypatch.setattr(loop, "build_clusters", fn)
+        Trainer(settings.experiment("tiny"), [train_region], tmp_path / name, progress=False).run()
+        out[name] = weights(tmp_path / name)
+    assert calls and calls[-1][1] < calls[-1][0], calls  # the last pool held more batches than were trained
+    assert all(built <= pool for pool, built in calls)
+    assert all(torch.equal(out["left"][k], out["whole"][k]) for k in out["left"])
+
+
 def test_two_gloo_processes_equal_one_process(train_region, tmp_path):
     """DDP on CPU: ``--processes 2`` (started with torchrun, as on a workstation) splits the global
     batch over 2 ranks and gathers embeddings for the loss (and for mining): the weights of 1

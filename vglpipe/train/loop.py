@@ -301,8 +301,10 @@ class Trainer:
                 a_ll.append(dd.gather_nograd(batch["aerial_latlon"].to(self.device), self.rank))
                 ks.append(dd.gather_nograd(batch["k"].to(self.device), self.rank))
         self.model.train()
+        # the last scan of a run may hold more batches than steps are left: only those are built
         clusters = build_clusters(torch.cat(s_emb), torch.cat(a_emb), torch.cat(s_ll), torch.cat(a_ll),
-                                  cluster_size=b, mask_m=self.t.mask_m)
+                                  cluster_size=b, mask_m=self.t.mask_m,
+                                  n_clusters=min(n_batches, self.t.steps - self.state.step))
         k = torch.cat(ks).cpu().numpy()
         return [[int(k[i]) for i in c] for c in np.asarray(clusters)]
 

@@ -36,6 +36,7 @@ def build_clusters(
     *,
     device: torch.device | str | None = None,
     max_matrix_bytes: int = MAX_MATRIX_BYTES,
+    n_clusters: int | None = None,
 ) -> np.ndarray:
     """Partition a pool of n samples into n / cluster_size hard batches → (n_clusters, cluster_size) indices.
 
@@ -48,11 +49,17 @@ def build_clusters(
 
     Runs on `device` (default: the embeddings' device): one Python step per
     sample, each a few vector operations of length n, without host syncs.
+    `n_clusters` (default all n / cluster_size) builds only the first ones: the
+    clusters are built in order, so they are those of the whole partition, at
+    n_clusters / (n / cluster_size) of its (quadratic) cost.
     """
     street, aerial, s_ll, a_ll = _pool_tensors(street_emb, aerial_emb, street_latlon, aerial_latlon, device)
     n = street.shape[0]
     if cluster_size < 1 or n % cluster_size:
         raise InputError(f"mining pool of {n} samples is not a multiple of cluster_size={cluster_size}")
+    n_clusters = n // cluster_size if n_clusters is None else n_clusters
+    if not 1 <= n_clusters <= n // cluster_size:
+        raise InputError(f"n_clusters={n_clusters} is not between 1 and the pool's {n // cluster_size} clusters")
 
     sim = street @ aerial.T if n * n * street.element_size() <= max_matrix_bytes else None
 
@@ -60,8 +67,8 @@ def build_clusters(
         return sim.index_select(0, i)[0] if sim is not None else aerial @ street.index_select(0, i)[0]
 
     free = torch.ones(n, dtype=torch.bool, device=street.device)
-    clusters = torch.empty((n // cluster_size, cluster_size), dtype=torch.long, device=street.device)
-    for c in range(n // cluster_size):
+    clusters = torch.empty((n_clusters, cluster_size), dtype=torch.long, device=street.device)
+    for c in range(n_clusters):
         score = torch.zeros(n, dtype=street.dtype, device=street.device)
         near = torch.zeros(n, dtype=torch.bool, device=street.device)
         for k in range(cluster_size):
