@@ -279,17 +279,18 @@ def test_bench_reads_every_run_and_judges_each_factor(tmp_path, monkeypatch, cap
 
     r1 = {"demo": 0.050, "demo-s1": 0.056, "lods-s0": 0.030, "lods-s1": 0.034, "mean-s0": 0.049, "mean-s1": 0.058,
           "mining-s0": 0.060, "mining-s1": 0.070, "untrained": 0.017}
-    mercator = {"demo": 0.060, "demo-s1": 0.070, "untrained": 0.017}
+    mercator = {"demo": 0.060, "demo-s1": 0.070, "untrained": 0.011}
     ran = []
 
     def fake_run(workdir, configfile, cores, what):
         ran.append((workdir.name, sorted(yaml.safe_load((workdir / configfile).read_text())["experiments"])))
-        values = mercator if workdir.name.endswith("-mercator") else r1
+        other = workdir.name.endswith("-mercator")  # another grid: its own cell count and chance level
+        values, cells, chance = (mercator, 593, 0.015) if other else (r1, 609, 0.014)
         for e, v in values.items():
             d = workdir / "results/eval" / e / "demo-test"
             d.mkdir(parents=True)
             (d / "recall.json").write_text(json.dumps({"R@1<50m": v, "R@10<50m": 4 * v, "n_queries": 536,
-                                                       "n_cells": 609, "chance": {"R@1<50m": 0.014, "R@10<50m": 0.13}}))
+                                                       "n_cells": cells, "chance": {"R@1<50m": chance, "R@10<50m": 0.13}}))
         return 60.0
 
     monkeypatch.setattr(bench, "run_workflow", fake_run)
@@ -306,6 +307,13 @@ def test_bench_reads_every_run_and_judges_each_factor(tmp_path, monkeypatch, cap
     assert f[bench.LAYOUT]["variants"]["mercator"]["R@1<50m"] == [0.06, 0.07]
     assert f[bench.LODS]["variants"]["4 LODs"]["R@1<50m mean"] == 0.032
     assert figures["wall_s"] == 120.0 and figures["baseline"] == {"untrained": {"R@1<50m": 0.017, "R@10<50m": 0.068}}
+    assert (figures["cells"], figures["chance"]["R@1<50m"]) == (609, 0.014)
+    runs = figures["runs"]
+    assert runs["consistent"]["baseline"] == figures["baseline"] and runs["consistent"]["cells"] == 609
+    # each layout's trained figures beside the baseline and chance of its own run
+    assert runs["mercator"]["cells"] == 593 and runs["mercator"]["chance"]["R@1<50m"] == 0.015
+    assert runs["mercator"]["baseline"] == {"untrained": {"R@1<50m": 0.011, "R@10<50m": 0.044}}
     json.dumps(figures)
     out = capsys.readouterr().out
     assert "4 LODs > 1 LOD: reversed" in out and "consistent > mercator: reversed" in out
+    assert "the mercator layout's run: 593 cells; untrained R@1<50m 1.1 %, chance 1.5 %" in out

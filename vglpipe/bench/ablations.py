@@ -145,6 +145,17 @@ def layout_config(cfg: Mapping, kind: str) -> dict:
     return out
 
 
+def run_figures(recall: Mapping[str, Mapping], baseline: str, keys) -> dict:
+    """A run's test cells, its untrained baseline's and the chance level's figures ``keys``, from its
+    experiments' ``recall.json`` documents. Each layout's run has its own cells (a Mercator grid
+    covers the region with another count), so each trained figure has the baseline and chance of
+    its own run beside it."""
+    doc = recall[baseline] if baseline else next(iter(recall.values()))
+    return {"cells": doc["n_cells"], "queries": doc["n_queries"],
+            "baseline": {baseline: {k: round(recall[baseline][k], 4) for k in keys}} if baseline else {},
+            "chance": {k: round(doc["chance"][k], 4) for k in keys}}
+
+
 def _line(v, keys) -> str:
     parts = []
     for k in keys:
@@ -189,14 +200,16 @@ def run(args: argparse.Namespace) -> dict:
     radius = settings.report.radius_m
     metric, keys = f"R@1<{radius:g}m", (f"R@1<{radius:g}m", f"R@10<{radius:g}m")
     findings = settings.report.ablations
-    recall = {e: read_recall(wd, e, test) for e in settings.experiments}
+    for run_ in runs.values():
+        run_["recall"] = {e: read_recall(run_["dir"], e, test) for e in run_["settings"].experiments}
+    recall = runs[main_kind]["recall"]
     by_factor: dict[str, list] = {}
     for r in settings.ablation_runs:
         by_factor.setdefault(r.factor, []).append((r.variant, r.seed, r.experiment, recall[r.experiment]))
     if others:
         by_factor[LAYOUT] = [
             (kind, settings.experiment(name).train.seed, name if kind == main_kind else f"{name} ({kind} run)",
-             read_recall(run_["dir"], name, test))
+             run_["recall"][name])
             for kind, run_ in runs.items() for name in refs]
     summaries = []
     for factor, items in by_factor.items():
@@ -206,10 +219,11 @@ def run(args: argparse.Namespace) -> dict:
 
     base = settings.report.baseline
     wall = sum(r["wall_s"] for r in runs.values())
-    main_doc = recall[base] if base else next(iter(recall.values()))
-    print(f"ablations in {wall / 60:.1f} min on {args.cores} cores; test region {test}, {main_doc['n_queries']} photos, "
-          f"{main_doc['n_cells']} cells" + (f"; {base} {metric} {100 * recall[base][metric]:.1f} %" if base else "")
-          + f", chance {100 * main_doc['chance'][metric]:.1f} %")
+    for run_ in runs.values():
+        run_["figures"] = run_figures(run_["recall"], base, keys)
+    main = runs[main_kind]["figures"]
+    print(f"ablations in {wall / 60:.1f} min on {args.cores} cores; test region {test}, {main['queries']} photos, "
+          f"{main['cells']} cells" + _baseline_text(main, base, metric))
     for s in summaries:
         print(f"  {s.factor}" + (f" (paper: {s.better} better; {s.source})" if s.better else ""))
         for v in s.variants:
@@ -218,16 +232,23 @@ def run(args: argparse.Namespace) -> dict:
             print(f"    {c.text}")
         if not s.comparisons:
             print(f"    {s.note}")
+    for kind in others:
+        fig = runs[kind]["figures"]
+        print(f"  the {kind} layout's run: {fig['cells']} cells" + _baseline_text(fig, base, metric))
     stages = {kind: stage_seconds(r["dir"]) for kind, r in runs.items()}
     print("  job time by stage: " + "; ".join(
         f"{kind}: " + ", ".join(f"{k} {v:.0f} s" for k, v in st.items()) for kind, st in stages.items()))
     print(f"  reports (section Ablations): {wd}/results/reports/<experiment>/{test}/index.html")
     return {
-        "wall_s": round(wall, 1), "seed": args.seed, "cores": args.cores, "queries": main_doc["n_queries"],
-        "cells": main_doc["n_cells"], "metric": metric,
-        "baseline": {base: {k: round(recall[base][k], 4) for k in keys}} if base else {},
-        "chance": {k: round(main_doc["chance"][k], 4) for k in keys},
+        "wall_s": round(wall, 1), "seed": args.seed, "cores": args.cores, "queries": main["queries"],
+        "cells": main["cells"], "metric": metric, "baseline": main["baseline"], "chance": main["chance"],
         "factors": {s.factor: s.to_dict() for s in summaries},
         "runs": {kind: {"experiments": len(r["settings"].experiments), "wall_s": round(r["wall_s"], 1),
+                        **{k: r["figures"][k] for k in ("cells", "baseline", "chance")},
                         "stage_s": {k: round(v, 1) for k, v in stages[kind].items()}} for kind, r in runs.items()},
     }
+
+
+def _baseline_text(fig: Mapping, base: str, metric: str) -> str:
+    return ((f"; {base} {metric} {100 * fig['baseline'][base][metric]:.1f} %" if base else "")
+            + f", chance {100 * fig['chance'][metric]:.1f} %")
