@@ -152,8 +152,14 @@ def run_figures(recall: Mapping[str, Mapping], baseline: str, keys) -> dict:
     its own run beside it."""
     doc = recall[baseline] if baseline else next(iter(recall.values()))
     return {"cells": doc["n_cells"], "queries": doc["n_queries"],
-            "baseline": {baseline: {k: round(recall[baseline][k], 4) for k in keys}} if baseline else {},
-            "chance": {k: round(doc["chance"][k], 4) for k in keys}}
+            "baseline": {baseline: {k: recall[baseline][k] for k in keys}} if baseline else {},
+            "chance": {k: doc["chance"][k] for k in keys}}
+
+
+def _rounded(figures: Mapping) -> dict:
+    """``run_figures``' baseline and chance rounded for the JSON line (printed lines round the exact ones)."""
+    return {"baseline": {b: {k: round(v, 4) for k, v in f.items()} for b, f in figures["baseline"].items()},
+            "chance": {k: round(v, 4) for k, v in figures["chance"].items()}}
 
 
 def _line(v, keys) -> str:
@@ -241,10 +247,10 @@ def run(args: argparse.Namespace) -> dict:
     print(f"  reports (section Ablations): {wd}/results/reports/<experiment>/{test}/index.html")
     return {
         "wall_s": round(wall, 1), "seed": args.seed, "cores": args.cores, "queries": main["queries"],
-        "cells": main["cells"], "metric": metric, "baseline": main["baseline"], "chance": main["chance"],
+        "cells": main["cells"], "metric": metric, **_rounded(main),
         "factors": {s.factor: s.to_dict() for s in summaries},
         "runs": {kind: {"experiments": len(r["settings"].experiments), "wall_s": round(r["wall_s"], 1),
-                        **{k: r["figures"][k] for k in ("cells", "baseline", "chance")},
+                        "cells": r["figures"]["cells"], **_rounded(r["figures"]),
                         "stage_s": {k: round(v, 1) for k, v in stages[kind].items()}} for kind, r in runs.items()},
     }
 
