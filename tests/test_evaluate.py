@@ -36,7 +36,7 @@ def world(tmp_path, n_side=20, dim=16, seed=0):
     np.save(tmp_path / "cells.npy", vec.astype(np.float16))
     np.save(tmp_path / "cells.ids.npy", ids)
     build_index([(str(tmp_path / "cells.npy"), str(tmp_path / "cells.ids.npy"))], recommended_spec("flat", ids.size),
-                tmp_path / "index", {"weights_id": "w"})
+                tmp_path / "index", {"weights_id": "w", "layout": layout.describe()})
     m = 300
     pick = rng.integers(0, ids.size, m)
     clat, clon = layout.center_of_ids(ids[pick])

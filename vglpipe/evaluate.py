@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     e = st.evaluate
     meta = {"weights_id": info["weights_id"], "index": str(args.index), "index_kind": index.info.spec.kind,
-            "index_spec": dataclasses.asdict(index.info.spec), "layout": st.layout.test_layout().describe()}
+            "index_spec": dataclasses.asdict(index.spec), "layout": st.layout.test_layout().describe()}
     res = evaluate(index, st.layout.test_layout(), queries, out, e.k, e.ns, e.radii_m, e.min_stratum_count,
                    st.timezone, chunk=e.chunk, meta=meta)
     print(json.dumps({k: v for k, v in res.recall.items() if k.startswith("R@")}))

@@ -396,6 +396,7 @@ class IndexSettings(Section):
     rerank: int
     train_size: int
     seed: int
+    neighbour_weight: float
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ def main(args: argparse.Namespace) -> int:
     for n, f in files.items():
         idx = read_info(root / "results/index" / n / region / kind)
         results.append(experiment_result(f, st.evaluate.min_stratum_count,
-                                          {"index": kind, "index RAM bytes per cell": round(idx.ram_bytes_per_cell, 1)}))
+                                          {"index": kind, "index RAM bytes per cell": round(idx.ram_bytes_per_cell, 1),
+                                           "neighbour scoring weight": st.index.neighbour_weight}))
     layout = st.layout.test_layout()
     r = st.report
     ex = examples(files[main_exp], layout, root / "results/photos" / region, root / "results/aerial" / region / "index.parquet",

@@ -27,6 +27,7 @@ import faiss
 import numpy as np
 
 from vglpipe.errors import InputError
+from vglpipe.search import neighbours
 from vglpipe.search.kinds import BUILDERS, SEARCHERS
 from vglpipe.search.shards import ShardPaths, open_shards
 from vglpipe.search.spec import SEARCH_FIELDS, IndexSpec
@@ -225,10 +226,18 @@ class CellIndex:
         with m. Queries are used as given (normalise them like the cell embeddings).
         """
         self._check_queries(queries, k)
+        w = self.spec.neighbour_weight
+        layout = self._neighbour_layout() if w > 0 else None
+        pool = min(max(k, self.spec.rerank), max(len(self), 1)) if w > 0 else k
         for a in range(0, queries.shape[0], chunk):
             x = np.ascontiguousarray(queries[a : a + chunk], dtype=np.float32)
-            scores, positions = self._searcher.search(x, k)
-            yield SearchResult(self._to_ids(positions), _clean_scores(scores, positions), a)
+            scores, positions = self._searcher.search(x, pool)
+            ids, scores = self._to_ids(positions), _clean_scores(scores, positions)
+            if layout is not None:
+                ids, scores = neighbours.rescore(x, ids, scores, w, layout, self._positions_or_missing,
+                                                 self._searcher.vectors)
+                ids, scores = _pad(ids[:, :k], k, -1), _pad(scores[:, :k], k, -np.inf)
+            yield SearchResult(ids, scores, a)
 
     def search(self, queries, k: int, chunk: int = 4096) -> SearchResult:
         """All results at once: :meth:`search_chunks` into (m, k) arrays."""
@@ -250,15 +259,29 @@ class CellIndex:
     def positions_of(self, cell_ids) -> np.ndarray:
         """Row of each cell id in this index; InputError for an id it does not hold."""
         cell_ids = np.asarray(cell_ids, dtype=np.int64).reshape(-1)
+        pos = self._positions_or_missing(cell_ids)
+        if np.any(pos < 0):
+            raise InputError(f"cell id {int(cell_ids[pos < 0][0])} is not in the index at {self.info.path}")
+        return pos
+
+    def _positions_or_missing(self, cell_ids) -> np.ndarray:
+        """Row of each cell id in this index, -1 for an id it does not hold."""
+        cell_ids = np.asarray(cell_ids, dtype=np.int64).reshape(-1)
         if self._id_order is None:
             self._id_order = np.argsort(self.ids, kind="stable")
         sorted_ids = self.ids[self._id_order]
-        at = np.minimum(np.searchsorted(sorted_ids, cell_ids), max(sorted_ids.size - 1, 0))
-        missing = sorted_ids.size == 0 or sorted_ids[at] != cell_ids
-        if np.any(missing):
-            bad = cell_ids[np.atleast_1d(missing)][0]
-            raise InputError(f"cell id {int(bad)} is not in the index at {self.info.path}")
-        return self._id_order[at]
+        if sorted_ids.size == 0:
+            return np.full(cell_ids.size, -1, np.int64)
+        at = np.minimum(np.searchsorted(sorted_ids, cell_ids), sorted_ids.size - 1)
+        return np.where(sorted_ids[at] == cell_ids, self._id_order[at], -1).astype(np.int64)
+
+    def _neighbour_layout(self):
+        from vglpipe.geo.layout import layout_from_description
+
+        if "layout" not in self.meta:
+            raise InputError(f"the index at {self.info.path} records no layout in its meta, which neighbour "
+                             "scoring needs: search it with neighbour_weight 0")
+        return layout_from_description(self.meta["layout"])
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -271,6 +294,15 @@ class CellIndex:
 
     def _to_ids(self, positions: np.ndarray) -> np.ndarray:
         return np.where(positions >= 0, self.ids[np.maximum(positions, 0)], -1)
+
+
+def _pad(a: np.ndarray, k: int, fill) -> np.ndarray:
+    """``a`` (m, <=k) padded on the right to (m, k) with ``fill``."""
+    if a.shape[1] == k:
+        return a
+    out = np.full((a.shape[0], k), fill, a.dtype)
+    out[:, : a.shape[1]] = a
+    return out
 
 
 def _clean_scores(scores: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -32,8 +32,12 @@ class IndexSpec:
       re-ranking of the best ``rerank`` candidates from the fp16 vectors memory-mapped from
       the index directory.
 
+    ``neighbour_weight`` > 0 re-ranks the best max(k, ``rerank``) cells found by their score plus
+    that share of their neighbours' mean score (:mod:`vglpipe.search.neighbours`; needs the
+    layout in the index's meta).
+
     Search-time fields (``ef_search``, ``entry_probe``, ``seed_search``, ``nprobe``,
-    ``quantizer_ef``, ``rerank``) can be changed on a loaded index (:meth:`CellIndex.configure`).
+    ``quantizer_ef``, ``rerank``, ``neighbour_weight``) can be changed on a loaded index (:meth:`CellIndex.configure`).
     """
 
     kind: str
@@ -57,6 +61,8 @@ class IndexSpec:
     # training (k-means for entry points and IVF lists, PQ/OPQ codebooks)
     train_size: int
     seed: int
+    # search: neighbour scoring (vglpipe.search.neighbours); 0 in indexes built before it existed
+    neighbour_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -69,6 +75,8 @@ class IndexSpec:
                 raise ConfigError(f"index {name} must be >= 1, got {getattr(self, name)}")
         if self.seed_search not in SEED_SEARCH:
             raise ConfigError(f"index seed_search must be one of {', '.join(SEED_SEARCH)}, got {self.seed_search!r}")
+        if not 0 <= self.neighbour_weight < float("inf"):
+            raise ConfigError(f"index neighbour_weight must be >= 0, got {self.neighbour_weight}")
         if self.entry_points < 0:
             raise ConfigError(f"index entry_points must be >= 0, got {self.entry_points}")
         if not 1 <= self.pq_nbits <= 16:
@@ -90,7 +98,7 @@ class IndexSpec:
         return {k: getattr(self, k) for k in SEARCH_FIELDS}
 
 
-SEARCH_FIELDS = ("ef_search", "entry_probe", "seed_search", "nprobe", "quantizer_ef", "rerank")
+SEARCH_FIELDS = ("ef_search", "entry_probe", "seed_search", "nprobe", "quantizer_ef", "rerank", "neighbour_weight")
 
 
 def _pow2(x: float, lo: int, hi: int) -> int:
