@@ -17,7 +17,6 @@ settings on the built indexes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 import tempfile
 import time
@@ -35,8 +34,15 @@ from vglpipe.search.spec import recommended_spec
 from vglpipe.search.synthetic import CellField, make_cells, make_queries, write_shards
 
 MA_CELLS = 25_500_000
-PAPER_HNSW = dataclasses.replace(recommended_spec("hnsw", 1), hnsw_m=64, ef_construction=40, ef_search=512,
-                                 hnsw_storage="fp32", entry_points=0, neighbour_weight=0.0)
+
+
+def _search_spec(kind: str, n_cells: int, dim: int = 1024) -> IndexSpec:
+    """The recommended spec without neighbour scoring: this bench measures the nearest-neighbour search itself."""
+    return replace(recommended_spec(kind, n_cells, dim), neighbour_weight=0.0)
+
+
+PAPER_HNSW = replace(_search_spec("hnsw", 1), hnsw_m=64, ef_construction=40, ef_search=512, hnsw_storage="fp32",
+                     entry_points=0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,9 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _spec(kind: str, args: argparse.Namespace) -> IndexSpec:
-    """The recommended spec for ``--n`` cells, with any option given on the command line; without
-    neighbour scoring (this bench measures the nearest-neighbour search itself)."""
-    spec = replace(recommended_spec(kind, args.n, args.dim), neighbour_weight=0.0)
+    """The bench's spec for ``--n`` cells (:func:`_search_spec`), with any option given on the command line."""
+    spec = _search_spec(kind, args.n, args.dim)
     given = {k: v for k, v in vars(args).items() if v is not None and k in spec.to_dict()}
     return replace(spec, **given)
 
@@ -143,8 +148,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"data: {args.n:,} cells x {args.dim}-d fp16 in {len(shards)} shards, {args.queries:,} queries, "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
 
-        flat = build_index(shards, replace(recommended_spec("flat", 1), neighbour_weight=0.0), work / "flat",
-                           {"bench": "index"})
+        flat = build_index(shards, _search_spec("flat", 1), work / "flat", {"bench": "index"})
         exact = CellIndex.load(work / "flat")
         truth = exact.search(queries.vectors, k).ids
         r1_exact = _r1(truth, queries)
